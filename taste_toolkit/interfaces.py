@@ -1,0 +1,359 @@
+"""Abstract base class and typed output of every plugin kind.
+
+Conventions used by every plugin
+--------------------------------
+* Shapes are written ``(B, T, D)``: batch, time (or tokens), features.
+* **Lengths are absolute** integer counts ``(B,)`` (``torch.long``). SpeechBrain's
+  relative lengths (0-1) are converted once, at the Brain boundary
+  (:func:`taste_toolkit.utils.relative_to_absolute`).
+* Sequences are right-padded; padded positions never change valid outputs
+  (padding invariance is part of each contract test).
+* Waveforms are float mono ``(B, S)`` at the plugin's ``sample_rate``.
+"""
+
+import abc
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+# --------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class EncoderOutput:
+    """Two taps of a frozen speech encoder.
+
+    Attributes
+    ----------
+    keys : torch.Tensor
+        ``(B, T, D_k)`` deep layer (alignment cues), e.g. Whisper's last layer
+        after its final LayerNorm.
+    values : torch.Tensor
+        ``(B, T, D_v)`` shallow layer (acoustic detail).
+    lengths : torch.Tensor
+        ``(B,)`` valid frames per utterance.
+    frame_rate : float
+        Frames per second of ``keys``/``values``.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    lengths: torch.Tensor
+    frame_rate: float
+
+
+@dataclass
+class AggregatorOutput:
+    """Speech pooled per text token, per word, or left per frame.
+
+    Attributes
+    ----------
+    embeddings : torch.Tensor
+        ``(B, M, D)``; ``M`` is tokens, words or frames depending on ``level``.
+    lengths : torch.Tensor
+        ``(B,)`` valid positions of ``embeddings``.
+    level : str
+        ``"token"``, ``"word"`` or ``"frame"``.
+    attention : torch.Tensor, optional
+        ``(B, N, T)`` cross-attention of the last layer, averaged over heads,
+        text tokens x encoder frames (for plots and alignment).
+    """
+
+    embeddings: torch.Tensor
+    lengths: torch.Tensor
+    level: str
+    attention: Optional[torch.Tensor] = None
+
+
+@dataclass
+class QuantizerOutput:
+    """Result of quantizing ``(B, M, D)`` vectors.
+
+    Attributes
+    ----------
+    quantized : torch.Tensor
+        ``(B, M, D)`` reconstruction (straight-through gradients in training).
+    codes : torch.Tensor, optional
+        ``(B, M, R)`` code indices, ``-1`` at padded or dropped layers;
+        ``None`` for continuous quantizers.
+    loss : torch.Tensor
+        Scalar auxiliary loss (commitment), already averaged over valid positions.
+    metrics : dict
+        Scalars to log (per-layer codebook usage, perplexity).
+    """
+
+    quantized: torch.Tensor
+    codes: Optional[torch.Tensor]
+    loss: torch.Tensor
+    metrics: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class DecoderOutput:
+    """Teacher-forced unit prediction.
+
+    Attributes
+    ----------
+    logits : torch.Tensor
+        ``(B, S + 1, V + 1)`` scores of the next unit (last class = end of speech)
+        at each unit position and the end.
+    targets : torch.Tensor
+        ``(B, S + 1)`` target ids, ``-100`` at padding.
+    loss : torch.Tensor
+        Scalar masked cross-entropy (mean over valid targets).
+    """
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    loss: torch.Tensor
+
+
+@dataclass
+class TokenizedText:
+    """Text tokenized word by word, keeping the word of every token.
+
+    Attributes
+    ----------
+    ids : list of int
+        Token ids of the whole transcript.
+    word_ids : list of int
+        Index (0-based) of the word each token belongs to; same length as ``ids``.
+    words : list of str
+        The words, as split from the normalized transcript.
+    """
+
+    ids: List[int]
+    word_ids: List[int]
+    words: List[str]
+
+
+# --------------------------------------------------------------------------
+# Bases
+# --------------------------------------------------------------------------
+
+
+class Encoder(nn.Module, abc.ABC):
+    """Speech encoder: waveform ``(B, S)`` -> :class:`EncoderOutput`."""
+
+    sample_rate: int = 16000
+
+    @property
+    @abc.abstractmethod
+    def key_dim(self) -> int:
+        """Feature size of ``keys``."""
+
+    @property
+    @abc.abstractmethod
+    def value_dim(self) -> int:
+        """Feature size of ``values``."""
+
+    @property
+    @abc.abstractmethod
+    def frame_rate(self) -> float:
+        """Output frames per second."""
+
+    @abc.abstractmethod
+    def forward(self, wavs, wav_lengths) -> EncoderOutput:
+        """Encode ``wavs (B, S)`` with valid sample counts ``wav_lengths (B,)``."""
+
+
+class Aggregator(nn.Module, abc.ABC):
+    """Pools encoder frames per text token/word, queried by the text."""
+
+    #: False for aggregators that ignore the audio (text-only ablation): the model
+    #: then skips the encoder entirely.
+    needs_audio: bool = True
+
+    @property
+    @abc.abstractmethod
+    def output_dim(self) -> int:
+        """Feature size of the pooled embeddings (0 when there are none)."""
+
+    @abc.abstractmethod
+    def forward(self, tokens, token_lengths, word_ids, encoder_out) -> Optional[AggregatorOutput]:
+        """Aggregate.
+
+        Arguments
+        ---------
+        tokens : torch.Tensor
+            ``(B, N)`` text token ids.
+        token_lengths : torch.Tensor
+            ``(B,)`` valid tokens.
+        word_ids : torch.Tensor
+            ``(B, N)`` word index of each token (padding: any value).
+        encoder_out : EncoderOutput or None
+            ``None`` only when ``needs_audio`` is False.
+        """
+
+
+class Quantizer(nn.Module, abc.ABC):
+    """Discretizes ``(B, M, D)`` vectors; ``encode``/``decode`` are deterministic."""
+
+    @property
+    @abc.abstractmethod
+    def input_dim(self) -> int:
+        """Feature size in and out."""
+
+    @property
+    def num_quantizers(self) -> int:
+        """Codes per vector (R); 0 for a continuous pass-through."""
+        return 0
+
+    @property
+    def codebook_size(self) -> int:
+        """Codes per codebook (K); 0 for a continuous pass-through."""
+        return 0
+
+    @property
+    def bits_per_vector(self) -> float:
+        """Bits needed for one quantized vector (R * log2 K)."""
+        import math
+
+        return self.num_quantizers * math.log2(self.codebook_size) if self.codebook_size else float("nan")
+
+    @abc.abstractmethod
+    def forward(self, x, lengths) -> QuantizerOutput:
+        """Quantize ``x (B, M, D)`` with ``lengths (B,)`` (training path)."""
+
+    @abc.abstractmethod
+    def encode(self, x, lengths) -> Optional[torch.Tensor]:
+        """Codes ``(B, M, R)`` (``-1`` at padding), no statistics updated."""
+
+    @abc.abstractmethod
+    def decode(self, codes) -> torch.Tensor:
+        """Vectors ``(B, M, D)`` from codes ``(B, M, R)``; ``-1`` gives zeros."""
+
+
+class UnitDecoder(nn.Module, abc.ABC):
+    """Predicts speech units from text and (optionally) aligned speech embeddings."""
+
+    @property
+    @abc.abstractmethod
+    def num_units(self) -> int:
+        """Unit vocabulary size V (without the end-of-speech class)."""
+
+    @property
+    @abc.abstractmethod
+    def speech_dim(self) -> int:
+        """Expected feature size of the speech embeddings (0 = text only)."""
+
+    @property
+    def speaker_dim(self) -> int:
+        """Expected speaker-vector size (0 = no speaker prefix)."""
+        return 0
+
+    @abc.abstractmethod
+    def forward(
+        self, tokens, token_lengths, speech, speech_lengths, units, unit_lengths, speaker=None
+    ) -> DecoderOutput:
+        """Teacher-forced pass.
+
+        ``tokens (B, N)``, ``speech (B, M, D)`` or ``None``, ``units (B, S)``,
+        ``speaker (B, D_s)`` or ``None``; lengths are ``(B,)``.
+        """
+
+    @abc.abstractmethod
+    def generate(self, tokens, token_lengths, speech, speech_lengths, speaker=None, **kwargs):
+        """Autoregressive generation; returns ``(units (B, S), lengths (B,))``."""
+
+
+class Vocoder(nn.Module, abc.ABC):
+    """Units ``(B, S)`` -> waveform ``(B, L)`` at ``sample_rate``."""
+
+    @property
+    @abc.abstractmethod
+    def sample_rate(self) -> int:
+        """Output sample rate (Hz); part of the contract."""
+
+    @abc.abstractmethod
+    def forward(self, units, unit_lengths):
+        """Return ``(wavs (B, L), wav_lengths (B,))``."""
+
+
+class LMHead(nn.Module, abc.ABC):
+    """Speech-token head of a spoken LM (TASLM)."""
+
+    @property
+    @abc.abstractmethod
+    def input_dim(self) -> int:
+        """Hidden size of the LM it sits on."""
+
+
+class UnitExtractor(nn.Module, abc.ABC):
+    """Turns audio into discrete target units for the unit decoder.
+
+    Extractors that need training (k-means) implement :meth:`fit`; their fitted
+    state lives in buffers so it is saved with ``state_dict``.
+    """
+
+    sample_rate: int = 16000
+    needs_fit: bool = False
+
+    @property
+    @abc.abstractmethod
+    def num_units(self) -> int:
+        """Unit vocabulary size."""
+
+    @property
+    @abc.abstractmethod
+    def frame_rate(self) -> float:
+        """Units per second."""
+
+    def fit(self, waveforms):
+        """Fit on an iterable of 1-D float tensors at ``sample_rate``."""
+
+    @abc.abstractmethod
+    def forward(self, wavs, wav_lengths):
+        """Return ``(units (B, S) long, lengths (B,))``."""
+
+
+class TextTokenizer(abc.ABC):
+    """Word-preserving text tokenizer (not a module: it has no weights)."""
+
+    needs_fit: bool = False
+
+    @property
+    @abc.abstractmethod
+    def vocab_size(self) -> int:
+        """Number of token ids."""
+
+    @abc.abstractmethod
+    def encode_words(self, text: str) -> TokenizedText:
+        """Tokenize ``text`` word by word (see :class:`TokenizedText`)."""
+
+    @abc.abstractmethod
+    def decode(self, ids) -> str:
+        """Text of token ids."""
+
+    def fit(self, transcripts, save_dir):
+        """Train on an iterable of transcripts (tokenizers with ``needs_fit``)."""
+
+
+class Speaker(nn.Module):
+    """Utterance-level speaker vector ``(B, D)``; dimension 0 means no speaker."""
+
+    sample_rate: int = 16000
+
+    @property
+    def embedding_dim(self) -> int:
+        return 0
+
+    def forward(self, wavs, wav_lengths):
+        return None
+
+
+BASES = {
+    "encoder": Encoder,
+    "aggregator": Aggregator,
+    "quantizer": Quantizer,
+    "decoder": UnitDecoder,
+    "vocoder": Vocoder,
+    "lm_head": LMHead,
+    "units": UnitExtractor,
+    "text_tokenizer": TextTokenizer,
+    "speaker": Speaker,
+}

@@ -1,0 +1,1 @@
+"""Built-in aggregator plugins (one per file, registered on import)."""

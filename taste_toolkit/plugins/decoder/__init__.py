@@ -1,0 +1,1 @@
+"""Built-in decoder plugins (one per file, registered on import)."""

@@ -1,0 +1,1 @@
+"""Built-in encoder plugins (one per file, registered on import)."""

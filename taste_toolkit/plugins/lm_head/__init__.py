@@ -1,0 +1,1 @@
+"""Built-in lm_head plugins (one per file, registered on import)."""

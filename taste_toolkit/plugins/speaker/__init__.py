@@ -1,0 +1,1 @@
+"""Built-in speaker plugins (one per file, registered on import)."""

@@ -1,0 +1,1 @@
+"""Built-in text_tokenizer plugins (one per file, registered on import)."""

@@ -1,0 +1,1 @@
+"""Built-in units plugins (one per file, registered on import)."""

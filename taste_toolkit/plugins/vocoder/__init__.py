@@ -1,0 +1,1 @@
+"""Built-in vocoder plugins (one per file, registered on import)."""

@@ -1,0 +1,314 @@
+"""Plugin registry: every swappable component is a class registered by kind and name.
+
+A plugin is chosen in YAML by name with a block of plain-data options::
+
+    quantizer_name: rvq
+    quantizer_options:
+        rvq: {num_quantizers: 4, codebook_size: 512}
+        identity: {}
+    quantizer: !apply:taste_toolkit.registry.build
+        kind: quantizer
+        name: !ref <quantizer_name>
+        blocks: !ref <quantizer_options>
+        input_dim: !ref <encoder_dim>
+
+so ``--quantizer_name=identity`` swaps the plugin and only the selected block is
+used (no stale options of the previous plugin leak into the new one).
+
+Third-party plugins register through the ``taste_toolkit.plugins`` entry-point
+group or a ``plugin_modules:`` list in the YAML (see :func:`load_plugins`).
+"""
+
+import importlib
+import importlib.metadata
+import inspect
+import logging
+import os
+import typing
+
+from taste_toolkit.errors import ConfigError, PluginNotFoundError
+
+logger = logging.getLogger(__name__)
+
+#: Kinds of plugins, in pipeline order.
+KINDS = (
+    "encoder",
+    "aggregator",
+    "quantizer",
+    "decoder",
+    "vocoder",
+    "lm_head",
+    "units",
+    "text_tokenizer",
+    "speaker",
+)
+
+ENTRY_POINT_GROUP = "taste_toolkit.plugins"
+
+_REGISTRY = {kind: {} for kind in KINDS}
+_loaded_builtins = False
+_loaded_entry_points = False
+
+
+def _base_class(kind):
+    from taste_toolkit import interfaces
+
+    return interfaces.BASES[kind]
+
+
+def _check_kind(kind):
+    if kind not in _REGISTRY:
+        raise ConfigError(
+            f"Unknown plugin kind {kind!r}. Kinds are: {', '.join(KINDS)}."
+        )
+
+
+def register(kind, name, *, override=False):
+    """Class decorator registering ``cls`` as plugin ``name`` of ``kind``.
+
+    Arguments
+    ---------
+    kind : str
+        One of :data:`KINDS`.
+    name : str
+        Lower-case snake-case name used in YAML (``<kind>_name: <name>``).
+    override : bool
+        Replace an existing plugin of the same name instead of failing.
+
+    Example
+    -------
+    >>> from taste_toolkit.interfaces import Speaker
+    >>> @register("speaker", "doc_example", override=True)
+    ... class DocSpeaker(Speaker):
+    ...     pass
+    >>> get("speaker", "doc_example").registry_name
+    'doc_example'
+    """
+    _check_kind(kind)
+
+    def decorator(cls):
+        base = _base_class(kind)
+        if not (inspect.isclass(cls) and issubclass(cls, base)):
+            raise ConfigError(
+                f"Plugin {name!r} of kind {kind!r} must subclass "
+                f"{base.__module__}.{base.__qualname__}; got {cls!r}."
+            )
+        existing = _REGISTRY[kind].get(name)
+        same_class = existing is not None and (
+            existing.__module__,
+            existing.__qualname__,
+        ) == (cls.__module__, cls.__qualname__)
+        if existing is not None and not (override or same_class):
+            raise ConfigError(
+                f"A {kind} plugin named {name!r} is already registered "
+                f"({existing.__module__}.{existing.__qualname__}). Choose another "
+                "name or pass override=True."
+            )
+        cls.registry_kind = kind
+        cls.registry_name = name
+        _REGISTRY[kind][name] = cls
+        return cls
+
+    return decorator
+
+
+def _ensure_loaded():
+    global _loaded_builtins
+    if not _loaded_builtins:
+        _loaded_builtins = True
+        importlib.import_module("taste_toolkit.plugins")
+    load_entry_points()
+
+
+def load_entry_points(group=ENTRY_POINT_GROUP):
+    """Import every module advertised in the ``taste_toolkit.plugins`` group.
+
+    A broken third-party plugin is logged and skipped, so it cannot take the
+    toolkit down; set ``TASTE_STRICT_PLUGINS=1`` to make it an error.
+    """
+    global _loaded_entry_points
+    if _loaded_entry_points:
+        return
+    _loaded_entry_points = True
+    for entry_point in importlib.metadata.entry_points(group=group):
+        try:
+            entry_point.load()
+        except Exception as exc:  # third-party code: report, do not crash
+            if os.environ.get("TASTE_STRICT_PLUGINS") == "1":
+                raise
+            logger.warning(
+                "Skipping plugin entry point %s (%s): %s",
+                entry_point.name,
+                entry_point.value,
+                exc,
+            )
+
+
+def load_plugins(modules=()):
+    """Import plugin modules listed in a YAML ``plugin_modules:`` key.
+
+    Arguments
+    ---------
+    modules : list of str
+        Importable module names; importing them runs their ``@register``.
+
+    Returns
+    -------
+    list of str
+        The modules imported (handy as a YAML value).
+    """
+    _ensure_loaded()
+    for module in modules or ():
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(
+                f"plugin_modules lists {module!r}, which cannot be imported: {exc}. "
+                "Install the package that provides it or fix the module name."
+            ) from exc
+    return list(modules or ())
+
+
+def available(kind=None):
+    """Registered plugin names, ``{kind: [names]}`` or a list for one kind."""
+    _ensure_loaded()
+    if kind is not None:
+        _check_kind(kind)
+        return sorted(_REGISTRY[kind])
+    return {k: sorted(v) for k, v in _REGISTRY.items()}
+
+
+def get(kind, name):
+    """Return the plugin class registered as ``name`` of ``kind``."""
+    _check_kind(kind)
+    _ensure_loaded()
+    try:
+        return _REGISTRY[kind][name]
+    except KeyError:
+        names = ", ".join(sorted(_REGISTRY[kind])) or "(none)"
+        raise PluginNotFoundError(
+            f"No {kind} plugin named {name!r}. Available {kind} plugins: {names}."
+        ) from None
+
+
+def plugin_options(cls):
+    """Constructor options of a plugin: ``{name: default or inspect._empty}``."""
+    params = inspect.signature(cls.__init__).parameters
+    return {
+        p.name: p.default
+        for p in list(params.values())[1:]
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+def _type_ok(value, annotation):
+    """Loose check of plain-data option types; unknown annotations pass."""
+    if annotation is inspect.Parameter.empty or value is None:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union:
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (str, bool):
+        return isinstance(value, annotation)
+    if annotation in (list, tuple) or origin in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if annotation is dict or origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def build(kind, name, options=None, blocks=None, **extra):
+    """Instantiate plugin ``name`` of ``kind`` with validated options.
+
+    Arguments
+    ---------
+    kind, name : str
+        Which plugin.
+    options : dict, optional
+        The plugin's own constructor options.
+    blocks : dict, optional
+        ``{plugin_name: options}``; the block of ``name`` is used (missing
+        block = no options). Lets a YAML keep one block per alternative.
+    **extra
+        Options wired by the caller (shared sizes); they are passed only
+        if the plugin accepts them, so one YAML line can feed every alternative.
+
+    Raises
+    ------
+    PluginNotFoundError
+        Unknown name (the message lists the available ones).
+    ConfigError
+        Unknown, missing or mistyped options (the message names the plugin and
+        its accepted options).
+    """
+    cls = get(kind, name)
+    if options is not None and blocks is not None:
+        raise ConfigError("Pass either options or blocks to build(), not both.")
+    if blocks is not None:
+        if not isinstance(blocks, dict):
+            raise ConfigError(f"{kind} option blocks must be a mapping, got {blocks!r}.")
+        options = blocks.get(name) or {}
+    options = dict(options or {})
+    if not isinstance(options, dict):
+        raise ConfigError(f"Options of {kind} {name!r} must be a mapping.")
+    accepted = plugin_options(cls)
+    params = inspect.signature(cls.__init__).parameters
+    takes_var_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    accepted_list = ", ".join(
+        k if v is inspect.Parameter.empty else f"{k}={v!r}" for k, v in accepted.items()
+    )
+    unknown = [k for k in options if k not in accepted]
+    if unknown and not takes_var_kw:
+        raise ConfigError(
+            f"Unknown option(s) {', '.join(map(repr, unknown))} for {kind} plugin "
+            f"{name!r}. Accepted options: {accepted_list or '(none)'}."
+        )
+    # Caller-wired sizes fill in only what the plugin accepts and the user left unset.
+    for key, value in extra.items():
+        if key in accepted and key not in options:
+            options[key] = value
+    missing = [
+        k for k, v in accepted.items() if v is inspect.Parameter.empty and k not in options
+    ]
+    if missing:
+        raise ConfigError(
+            f"Missing required option(s) {', '.join(map(repr, missing))} for {kind} "
+            f"plugin {name!r}. Accepted options: {accepted_list}."
+        )
+    hints = _type_hints(cls)
+    for key, value in options.items():
+        annotation = hints.get(key, params[key].annotation if key in params else None)
+        if annotation is not None and not _type_ok(value, annotation):
+            raise ConfigError(
+                f"Option {key!r} of {kind} plugin {name!r} must be {annotation}, "
+                f"got {value!r} ({type(value).__name__})."
+            )
+    return cls(**options)
+
+
+def _type_hints(cls):
+    try:
+        return typing.get_type_hints(cls.__init__)
+    except Exception:  # forward refs we cannot resolve: skip type checks
+        return {}
+
+
+def describe(kind=None):
+    """Human-readable listing of plugins with options, used by ``taste plugins``."""
+    lines = []
+    for k, names in available().items():
+        if kind and k != kind:
+            continue
+        lines.append(f"{k}:")
+        for name in names:
+            cls = _REGISTRY[k][name]
+            doc = (inspect.getdoc(cls) or "").split("\n")[0]
+            lines.append(f"  {name:<20} {doc}")
+            for opt, default in plugin_options(cls).items():
+                shown = "(required)" if default is inspect.Parameter.empty else repr(default)
+                lines.append(f"      {opt} = {shown}")
+    return "\n".join(lines)
