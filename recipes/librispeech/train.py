@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Recipe: train the TASTE tokenizer (stage 1) and its ablations.
+
+With no ``--data_folder`` the embedded synthetic corpus is generated first (a few
+minutes on 2 CPU cores); with one, it is read in the LibriSpeech layout::
+
+    python recipes/librispeech/train.py hparams/taste.yaml
+    python recipes/librispeech/train.py hparams/taste.yaml --data_folder=/data/LibriSpeech \\
+        --train_splits=[train-clean-100] --dev_splits=[dev-clean] --test_splits=[test-clean]
+    python recipes/librispeech/train.py hparams/ablations/text_only.yaml
+    torchrun --standalone --nproc_per_node=2 recipes/librispeech/train.py hparams/taste.yaml
+
+Any YAML key can be overridden (``--quantizer_name=identity``, ``--number_of_epochs=5``);
+SpeechBrain run options (``--device``, ``--precision=bf16``, ``--debug``,
+``--test_only``) work as in every SpeechBrain recipe.
+"""
+
+import json
+import logging
+import os
+import sys
+
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.dataio.sampler import DynamicBatchSampler
+from speechbrain.utils.distributed import if_main_process, run_on_main
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from librispeech_prepare import prepare_librispeech  # noqa: E402
+
+from taste_toolkit.data.unit_cache import load_units, prepare_units  # noqa: E402
+from taste_toolkit.training.data import build_datasets, compute_speaker_vectors  # noqa: E402
+from taste_toolkit.training.tokenizer_brain import TasteTokenizerBrain  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_corpus(hparams):
+    """Manifests for every split; the embedded corpus is synthesized when no data_folder is set."""
+    data_folder = hparams["data_folder"]
+    if not data_folder:
+        from taste_toolkit.data.synthetic_corpus import generate_corpus
+
+        data_folder = hparams["corpus_folder"]
+        run_on_main(generate_corpus, args=[data_folder], kwargs=dict(hparams["corpus_options"]))
+    splits = hparams["train_splits"] + hparams["dev_splits"] + hparams["test_splits"]
+    save = os.path.join(hparams["prep_folder"], "manifests", os.path.basename(os.path.normpath(data_folder)))
+    run_on_main(
+        prepare_librispeech,
+        kwargs=dict(
+            data_folder=data_folder,
+            save_folder=save,
+            splits=splits,
+            max_duration=hparams["max_duration"],
+            skip_prep=hparams["skip_prep"],
+        ),
+    )
+    manifests = {s: os.path.join(save, f"{s}.csv") for s in splits}
+    if len(hparams["train_splits"]) > 1:  # e.g. LibriSpeech 960 h = three training splits
+        merged = "+".join(hparams["train_splits"])
+        run_on_main(
+            sb.dataio.dataio.merge_csvs,
+            kwargs=dict(data_folder=save, csv_lst=[f"{s}.csv" for s in hparams["train_splits"]], merged_csv=f"{merged}.csv"),
+        )
+        manifests[merged] = os.path.join(save, f"{merged}.csv")
+        train = merged
+    else:
+        train = hparams["train_splits"][0]
+    return manifests, train
+
+
+def fit_text_tokenizer(hparams, manifests, train):
+    tok = hparams["text_tokenizer"]
+    if not getattr(tok, "needs_fit", False):
+        return tok
+    import csv
+
+    with open(manifests[train]) as f:
+        transcripts = [row["wrd"] for row in csv.DictReader(f)]
+    folder = os.path.join(hparams["prep_folder"], "text_tokenizer")
+    run_on_main(tok.fit, args=[transcripts, folder])
+    tok.fit(transcripts, folder)  # every rank loads the same (already trained) model
+    return tok
+
+
+def main():
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    sb.utils.distributed.ddp_init_group(run_opts)
+    with open(hparams_file) as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
+    )
+
+    manifests, train = prepare_corpus(hparams)
+    text_tokenizer = fit_text_tokenizer(hparams, manifests, train)
+    splits = {train: manifests[train]}
+    splits.update({s: manifests[s] for s in hparams["dev_splits"] + hparams["test_splits"]})
+
+    unit_files = run_on_main(
+        prepare_units,
+        kwargs=dict(extractor=hparams["units"], manifests=splits, cache_dir=os.path.join(hparams["prep_folder"], "units"), fit_split=train),
+    )
+    units = {s: load_units(p) for s, p in unit_files.items()}
+    speakers = compute_speaker_vectors(hparams["speaker"], splits, os.path.join(hparams["prep_folder"], "speaker"))
+    datasets = build_datasets(splits, text_tokenizer, units, speakers, hparams["sample_rate"])
+
+    brain = TasteTokenizerBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    train_kwargs = dict(hparams["train_dataloader_opts"])
+    if hparams["dynamic_batching"]:
+        sampler = DynamicBatchSampler(
+            datasets[train], length_func=lambda x: float(x["duration"]), **hparams["dynamic_batch_sampler_train"]
+        )
+        train_kwargs = {"batch_sampler": sampler}
+    valid = hparams["dev_splits"][0]
+    brain.fit(
+        hparams["epoch_counter"],
+        datasets[train],
+        datasets[valid],
+        train_loader_kwargs=train_kwargs,
+        valid_loader_kwargs=hparams["valid_dataloader_opts"],
+    )
+    results = {}
+    for split in hparams["test_splits"]:
+        brain.evaluate(datasets[split], min_key="loss", test_loader_kwargs=hparams["test_dataloader_opts"])
+        results[split] = brain.test_stats
+    if if_main_process():
+        with open(os.path.join(hparams["output_folder"], "test_results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        for split, stats in results.items():
+            print(f"[{split}] " + "  ".join(f"{k}={v}" for k, v in stats.items() if not k.startswith("rvq_")))
+
+
+if __name__ == "__main__":
+    main()

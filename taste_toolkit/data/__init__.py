@@ -1,0 +1,1 @@
+"""Data preparation: synthetic corpora, manifests and dataset helpers."""

@@ -1,0 +1,157 @@
+"""TASTE tokenizer model: encoder -> aggregator -> quantizer -> unit decoder.
+
+The model only composes plugins; each of them is chosen in YAML. Adjacent
+dimensions are checked here, at construction, so a bad combination fails before
+any data is read.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from taste_toolkit.errors import ConfigError
+from taste_toolkit.interfaces import AggregatorOutput, DecoderOutput, EncoderOutput, QuantizerOutput
+
+
+@dataclass
+class SpeechTokens:
+    """TASTE tokens of a batch.
+
+    Attributes
+    ----------
+    embeddings : torch.Tensor or None
+        ``(B, M, D)`` quantized (z_hat) vectors; ``None`` for text-only models.
+    codes : torch.Tensor or None
+        ``(B, M, R)`` code indices (``-1`` at padding), ``None`` without codes.
+    lengths : torch.Tensor or None
+        ``(B,)`` valid positions.
+    level : str
+        ``"token"``, ``"word"``, ``"frame"`` or ``"none"``.
+    """
+
+    embeddings: Optional[torch.Tensor]
+    codes: Optional[torch.Tensor]
+    lengths: Optional[torch.Tensor]
+    level: str
+
+
+@dataclass
+class TasteForwardOutput:
+    """Everything a training step needs."""
+
+    decoder: DecoderOutput
+    quantizer: Optional[QuantizerOutput]
+    aggregator: Optional[AggregatorOutput]
+    loss: torch.Tensor
+
+
+def broadcast_words_to_tokens(x, word_ids, token_lengths):
+    """``x (B, W, D)`` per word -> ``(B, N, D)`` per token, by ``word_ids (B, N)``."""
+    n = word_ids.shape[1]
+    valid = torch.arange(n, device=x.device)[None] < token_lengths[:, None]
+    ids = torch.where(valid, word_ids, torch.zeros_like(word_ids)).long()
+    out = torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
+    return out * valid[..., None]
+
+
+class TasteModel(nn.Module):
+    """Stage-1 TASTE model built from plugins.
+
+    Arguments
+    ---------
+    encoder, aggregator, quantizer, decoder : plugin instances
+        ``encoder`` may be ``None`` only if the aggregator does not need audio.
+    text_tokenizer : TextTokenizer, optional
+        Checked against the vocabulary sizes of the aggregator and decoder.
+    speaker : Speaker, optional
+        Checked against the decoder's speaker prefix size.
+    quantizer_weight : float
+        Weight of the quantizer (commitment) loss in ``L = L_ce + w * L_rvq``.
+    """
+
+    def __init__(self, encoder, aggregator, quantizer, decoder, text_tokenizer=None, speaker=None, quantizer_weight=1.0):
+        super().__init__()
+        self.encoder, self.aggregator, self.quantizer, self.decoder = encoder, aggregator, quantizer, decoder
+        self.quantizer_weight = quantizer_weight
+        self._check_dims(text_tokenizer, speaker)
+
+    def _check_dims(self, text_tokenizer, speaker):
+        agg, dec = self.aggregator, self.decoder
+
+        def fail(msg):
+            raise ConfigError(f"Incompatible plugins: {msg}")
+
+        if agg.needs_audio:
+            if self.encoder is None:
+                fail(f"aggregator {type(agg).__name__} needs audio but no encoder is configured.")
+            for tap in ("key_dim", "value_dim"):
+                want, have = getattr(agg, tap, None), getattr(self.encoder, tap)
+                if want is not None and want != have:
+                    fail(f"aggregator expects {tap}={want} but the encoder gives {have}; set the aggregator's {tap} to <encoder.{tap}>.")
+        speech_dim = agg.output_dim
+        if self.quantizer is not None and speech_dim and self.quantizer.input_dim != speech_dim:
+            fail(f"quantizer input_dim={self.quantizer.input_dim} but the aggregator outputs {speech_dim}.")
+        if dec.speech_dim != speech_dim:
+            fail(f"decoder speech_dim={dec.speech_dim} but the aggregator outputs {speech_dim} (0 = text only).")
+        if speaker is not None and dec.speaker_dim != speaker.embedding_dim:
+            fail(f"decoder speaker_dim={dec.speaker_dim} but the speaker plugin gives {speaker.embedding_dim}.")
+        if text_tokenizer is not None:
+            vocab = text_tokenizer.vocab_size
+            for name, module in (("aggregator", agg), ("decoder", dec)):
+                v = getattr(module, "vocab_size", None)
+                if v is not None and v < vocab:
+                    fail(f"{name} vocab_size={v} is smaller than the text tokenizer's {vocab}.")
+
+    @property
+    def needs_audio(self):
+        return self.aggregator.needs_audio
+
+    def encode_audio(self, wavs, wav_lengths) -> Optional[EncoderOutput]:
+        """Run the (frozen) encoder; ``None`` for text-only models."""
+        if not self.needs_audio:
+            return None
+        return self.encoder(wavs, wav_lengths)
+
+    def tokenize(self, tokens, token_lengths, word_ids, encoder_out, need_weights=False):
+        """Aggregate and quantize: returns ``(SpeechTokens, QuantizerOutput, AggregatorOutput)``."""
+        agg = self.aggregator(tokens, token_lengths, word_ids, encoder_out, need_weights=need_weights)
+        if agg is None:
+            return SpeechTokens(None, None, None, "none"), None, None
+        if self.quantizer is None:
+            return SpeechTokens(agg.embeddings, None, agg.lengths, agg.level), None, agg
+        q = self.quantizer(agg.embeddings, agg.lengths)
+        return SpeechTokens(q.quantized, q.codes, agg.lengths, agg.level), q, agg
+
+    def speech_for_decoder(self, speech, word_ids, token_lengths):
+        """Decoder-side view of the tokens: word-level vectors broadcast to tokens."""
+        if speech.embeddings is None:
+            return None, None
+        if speech.level == "word":
+            return broadcast_words_to_tokens(speech.embeddings, word_ids, token_lengths), token_lengths
+        return speech.embeddings, speech.lengths
+
+    def forward(self, tokens, token_lengths, word_ids, units, unit_lengths, encoder_out=None, speaker=None):
+        """Teacher-forced training pass.
+
+        Arguments
+        ---------
+        tokens, word_ids : torch.Tensor
+            ``(B, N)`` text token ids and their word indices.
+        token_lengths, unit_lengths : torch.Tensor
+            ``(B,)`` absolute lengths.
+        units : torch.Tensor
+            ``(B, S)`` target units.
+        encoder_out : EncoderOutput, optional
+            Encoder taps (from :meth:`encode_audio` or a feature cache).
+        speaker : torch.Tensor, optional
+            ``(B, D_s)`` speaker vectors.
+        """
+        speech, q, agg = self.tokenize(tokens, token_lengths, word_ids, encoder_out)
+        dec_speech, dec_lengths = self.speech_for_decoder(speech, word_ids, token_lengths)
+        dec = self.decoder(tokens, token_lengths, dec_speech, dec_lengths, units, unit_lengths, speaker)
+        loss = dec.loss
+        if q is not None:
+            loss = loss + self.quantizer_weight * q.loss
+        return TasteForwardOutput(dec, q, agg, loss)

@@ -1,0 +1,1 @@
+"""Reusable neural-network building blocks (Transformer layers, positions, KV cache)."""

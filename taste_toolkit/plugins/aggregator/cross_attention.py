@@ -1,0 +1,261 @@
+"""``cross_attention`` aggregator: text tokens query the speech (TASTE section 2).
+
+Each layer (pre-LN, Whisper-decoder shaped so its weights can be copied in):
+causal self-attention over the text tokens, then cross-attention whose keys come
+from the encoder's deep tap and values from its shallow tap, then a GELU FFN.
+One output vector per text token; with ``word_pooling: mean`` the vectors of a
+word's sub-words are averaged into one vector per word (the official setting).
+
+Attention uses PyTorch SDPA; when attention weights are asked for (plots,
+alignment) the last layer's cross-attention is computed explicitly instead.
+"""
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from taste_toolkit.errors import ConfigError, InputError
+from taste_toolkit.interfaces import Aggregator, AggregatorOutput
+from taste_toolkit.registry import register
+
+logger = logging.getLogger(__name__)
+
+
+class SplitAttention(nn.Module):
+    """Multi-head attention whose keys and values may come from different tensors."""
+
+    def __init__(self, d_model, num_heads, key_dim=None, value_dim=None, dropout=0.0):
+        super().__init__()
+        if d_model % num_heads:
+            raise ConfigError(f"d_model={d_model} is not divisible by num_heads={num_heads}.")
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(key_dim or d_model, d_model, bias=False)  # as Whisper
+        self.v_proj = nn.Linear(value_dim or d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def _heads(self, x):
+        b, t, _ = x.shape
+        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x, keys, values, mask=None, is_causal=False, need_weights=False):
+        """``x (B, N, D)``, ``keys (B, T, Dk)``, ``values (B, T, Dv)``, ``mask (B, 1, N|1, T)`` bool (True = attend)."""
+        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(keys)), self._heads(self.v_proj(values))
+        weights = None
+        p = self.dropout if self.training else 0.0
+        if need_weights:  # explicit path: the weights are wanted (alignment plots)
+            scores = q @ k.transpose(-1, -2) / self.head_dim**0.5
+            if is_causal:
+                n, t = scores.shape[-2:]
+                causal = torch.ones(n, t, dtype=torch.bool, device=x.device).tril()
+                mask = causal if mask is None else mask & causal
+            if mask is not None:
+                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            weights = scores.softmax(-1)
+            out = F.dropout(weights, p, self.training) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal and mask is None)
+        b, h, n, d = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d)), weights
+
+
+class AggregatorLayer(nn.Module):
+    """Whisper-decoder-shaped layer: causal self-attn, split K/V cross-attn, FFN."""
+
+    def __init__(self, d_model, num_heads, ffn_dim, key_dim, value_dim, dropout):
+        super().__init__()
+        self.self_attn = SplitAttention(d_model, num_heads, dropout=dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(d_model)
+        self.encoder_attn = SplitAttention(d_model, num_heads, key_dim, value_dim, dropout)
+        self.encoder_attn_layer_norm = nn.LayerNorm(d_model)
+        self.fc1 = nn.Linear(d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, d_model)
+        self.final_layer_norm = nn.LayerNorm(d_model)
+        self.dropout = dropout
+
+    def forward(self, x, self_mask, keys, values, frame_mask, need_weights=False):
+        h = self.self_attn_layer_norm(x)
+        h, _ = self.self_attn(h, h, h, mask=self_mask)
+        x = x + F.dropout(h, self.dropout, self.training)
+        h, weights = self.encoder_attn(self.encoder_attn_layer_norm(x), keys, values, frame_mask, need_weights=need_weights)
+        x = x + F.dropout(h, self.dropout, self.training)
+        h = self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+        return x + F.dropout(h, self.dropout, self.training), weights
+
+
+def word_mean_pool(x, word_ids, token_lengths):
+    """Average token vectors per word.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        ``(B, N, D)`` token vectors.
+    word_ids : torch.Tensor
+        ``(B, N)`` word index of each token.
+    token_lengths : torch.Tensor
+        ``(B,)`` valid tokens.
+
+    Returns
+    -------
+    pooled : torch.Tensor
+        ``(B, W, D)`` one vector per word.
+    word_lengths : torch.Tensor
+        ``(B,)`` words per utterance.
+    """
+    b, n, d = x.shape
+    valid = torch.arange(n, device=x.device)[None] < token_lengths[:, None]
+    ids = torch.where(valid, word_ids, torch.zeros_like(word_ids)).long()
+    word_lengths = torch.where(valid, ids + 1, torch.zeros_like(ids)).amax(1)
+    w = max(int(word_lengths.max()), 1)
+    sums = x.new_zeros(b, w, d).scatter_add_(1, ids[..., None].expand(-1, -1, d), x * valid[..., None])
+    counts = x.new_zeros(b, w).scatter_add_(1, ids, valid.to(x.dtype))
+    return sums / counts.clamp(min=1)[..., None], word_lengths
+
+
+@register("aggregator", "cross_attention")
+class CrossAttentionAggregator(Aggregator):
+    """Text-queried cross-attention over encoder frames (K = deep tap, V = shallow tap).
+
+    Arguments
+    ---------
+    vocab_size : int
+        Text vocabulary size (query embeddings).
+    key_dim, value_dim : int
+        Feature sizes of the encoder taps.
+    d_model : int
+        Width; 0 = ``key_dim``.
+    num_layers, num_heads, ffn_dim : int
+        Layer geometry (``ffn_dim`` 0 = 4 * d_model).
+    dropout : float
+        Dropout inside the layers.
+    max_positions : int
+        Learned query positions; longer transcripts raise InputError.
+    word_pooling : str
+        ``"mean"`` (one vector per word, official) or ``"none"`` (per token).
+    value_identity_init : bool
+        Start cross-attention value projections at identity (values come from a
+        non-final layer, official ``make_v_proj_identity``).
+    init_from_whisper : str
+        Whisper source (hub id, folder or ``builtin:tiny.en``) whose decoder token
+        embeddings, positions and first ``num_layers`` layers initialize this module,
+        and whose decoder prompt (start-of-transcript ...) is prepended to the
+        queries (their outputs are discarded), as the official model does. Empty =
+        random init, no prompt.
+    freeze_embeddings : bool
+        Keep token and position embeddings frozen.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        key_dim: int,
+        value_dim: int,
+        d_model: int = 0,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        ffn_dim: int = 0,
+        dropout: float = 0.0,
+        max_positions: int = 448,
+        word_pooling: str = "mean",
+        value_identity_init: bool = True,
+        init_from_whisper: str = "",
+        freeze_embeddings: bool = False,
+    ):
+        super().__init__()
+        if word_pooling not in ("mean", "none"):
+            raise ConfigError(f"word_pooling must be 'mean' or 'none', got {word_pooling!r}.")
+        self.vocab_size, self.key_dim, self.value_dim = vocab_size, key_dim, value_dim
+        self.d_model = d_model or key_dim
+        self.word_pooling = word_pooling
+        self.max_positions = max_positions
+        self.embed_tokens = nn.Embedding(vocab_size, self.d_model)
+        self.embed_positions = nn.Embedding(max_positions, self.d_model)
+        self.layers = nn.ModuleList(
+            AggregatorLayer(self.d_model, num_heads, ffn_dim or 4 * self.d_model, key_dim, value_dim, dropout)
+            for _ in range(num_layers)
+        )
+        self.layer_norm = nn.LayerNorm(self.d_model)
+        self.register_buffer("prefix_ids", torch.zeros(0, dtype=torch.long))
+        if init_from_whisper:
+            self._init_from_whisper(init_from_whisper, num_layers)
+        if value_identity_init:
+            self._identity_values()
+        if freeze_embeddings:
+            self.embed_tokens.requires_grad_(False)
+            self.embed_positions.requires_grad_(False)
+
+    def _identity_values(self):
+        for layer in self.layers:
+            v = layer.encoder_attn.v_proj
+            if v.in_features != v.out_features:
+                logger.warning("value_identity_init skipped: value_dim %d != d_model %d", v.in_features, v.out_features)
+                return
+            with torch.no_grad():
+                v.weight.copy_(torch.eye(v.out_features))
+                v.bias.zero_()
+
+    def _init_from_whisper(self, source, num_layers):
+        from transformers import WhisperTokenizerFast
+
+        from taste_toolkit.plugins.encoder.whisper import load_whisper_model
+        from taste_toolkit.pretrained.ctranslate2_whisper import resolve_whisper_source
+
+        decoder = load_whisper_model(source).decoder
+        if num_layers > len(decoder.layers):
+            raise ConfigError(f"init_from_whisper: {source!r} has {len(decoder.layers)} decoder layers, asked {num_layers}.")
+        state = {k: v for k, v in decoder.state_dict().items() if not k.startswith("layers.") or int(k.split(".")[1]) < num_layers}
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [m for m in missing if m != "prefix_ids"]
+        if missing or unexpected:
+            raise ConfigError(
+                f"init_from_whisper: shapes/names do not match {source!r} (missing {missing[:4]}, "
+                f"unexpected {unexpected[:4]}); set d_model/num_heads/ffn_dim to the Whisper decoder's."
+            )
+        tok = WhisperTokenizerFast.from_pretrained(resolve_whisper_source(source))
+        # Whisper's own transcription prompt (sot [, lang, task], notimestamps),
+        # taken from the tokenizer rather than hard-coded ids.
+        no_ts = tok.convert_tokens_to_ids("<|notimestamps|>")
+        prefix = [i for i in tok.prefix_tokens if i != no_ts] + [no_ts]
+        self.prefix_ids = torch.tensor(prefix, dtype=torch.long)
+
+    @property
+    def output_dim(self):
+        return self.d_model
+
+    def forward(self, tokens, token_lengths, word_ids, encoder_out, need_weights=False):
+        """Pool speech per text token (or word).
+
+        Returns
+        -------
+        AggregatorOutput
+            ``embeddings (B, N or W, D)``; ``attention (B, N, T)`` when ``need_weights``.
+        """
+        b, n = tokens.shape
+        p = self.prefix_ids.numel()
+        if p + n > self.max_positions:
+            raise InputError(
+                f"Transcript has {n} tokens; this aggregator handles at most {self.max_positions - p}. "
+                "Split the utterance into shorter segments."
+            )
+        token_lengths = token_lengths.to(tokens.device).long()
+        ids = torch.cat([self.prefix_ids.expand(b, p), tokens], 1)
+        x = self.embed_tokens(ids) + self.embed_positions.weight[: p + n]
+        # Right padding + causal attention: valid tokens never see padding.
+        causal = torch.ones(p + n, p + n, dtype=torch.bool, device=x.device).tril()[None, None]
+        t = encoder_out.keys.shape[1]
+        frame_mask = (torch.arange(t, device=x.device)[None] < encoder_out.lengths[:, None].to(x.device))[:, None, None, :]
+        weights = None
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            x, weights = layer(x, causal, encoder_out.keys, encoder_out.values, frame_mask, need_weights and last)
+        x = self.layer_norm(x)[:, p:]
+        attention = weights.mean(1)[:, p:] if weights is not None else None
+        if self.word_pooling == "mean":
+            pooled, lengths = word_mean_pool(x, word_ids, token_lengths)
+            return AggregatorOutput(pooled, lengths, "word", attention)
+        x = x * (torch.arange(n, device=x.device)[None] < token_lengths[:, None])[..., None]
+        return AggregatorOutput(x, token_lengths, "token", attention)

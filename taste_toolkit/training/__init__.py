@@ -1,0 +1,1 @@
+"""Training: SpeechBrain Brains and data pipelines."""

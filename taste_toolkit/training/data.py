@@ -1,0 +1,151 @@
+"""Stage-1 data pipeline on SpeechBrain's DynamicItemDataset.
+
+Each utterance provides: ``id``, ``duration``, ``sig`` (16 kHz mono float),
+``tokens`` + ``word_ids`` (word-preserving text tokenization), ``units`` (decoder
+targets, from the unit cache) and, with a speaker plugin, ``spk_emb``.
+
+Utterances whose text and audio cannot match (e.g. 1 word for 20 s, or more
+words per second than anyone speaks) are excluded before training, counted and
+logged by reason.
+"""
+
+import logging
+import os
+
+import speechbrain as sb
+import torch
+from speechbrain.dataio.dataset import DynamicItemDataset
+from tqdm import tqdm
+
+from taste_toolkit.audio import load_audio
+from taste_toolkit.errors import InputError
+from taste_toolkit.utils import stable_hash
+
+logger = logging.getLogger(__name__)
+
+
+def filter_mismatched(dataset, split, max_seconds_per_word=3.0, max_words_per_second=8.0):
+    """Drop (and report) utterances whose transcript cannot match their duration."""
+    keep, dropped = [], {}
+    for uid, row in dataset.data.items():
+        words = len(str(row["wrd"]).split())
+        dur = float(row["duration"])
+        if words == 0:
+            reason = "empty transcript"
+        elif dur / words > max_seconds_per_word:
+            reason = f"more than {max_seconds_per_word} s per word"
+        elif words / dur > max_words_per_second:
+            reason = f"more than {max_words_per_second} words per second"
+        else:
+            keep.append(uid)
+            continue
+        dropped.setdefault(reason, []).append(uid)
+    for reason, ids in dropped.items():
+        logger.warning("%s: excluded %d utterance(s) with %s (e.g. %s)", split, len(ids), reason, ids[:3])
+    return dropped
+
+
+def compute_speaker_vectors(speaker, manifests, cache_dir, sample_rate=16000):
+    """Speaker vector of every utterance, computed once and cached.
+
+    Returns ``{id: (D,) tensor}`` or ``None`` when the plugin has no embedding.
+    The cache file name hashes the plugin, its weights' size and the manifests,
+    so changing either recomputes.
+    """
+    if speaker is None or speaker.embedding_dim == 0:
+        return None
+    import csv
+
+    rows = []
+    for path in manifests.values():
+        with open(path) as f:
+            rows += list(csv.DictReader(f))
+    key = stable_hash([type(speaker).__name__, speaker.embedding_dim, [(r["ID"], r["wav"], r["duration"]) for r in rows]])
+    file = os.path.join(cache_dir, f"speaker_{key}.pt")
+    if os.path.exists(file):
+        try:
+            return torch.load(file, weights_only=True)
+        except Exception:  # truncated file: rebuild
+            logger.warning("Speaker cache %s unreadable; recomputing.", file)
+    vectors = {}
+    for r in tqdm(rows, desc="speaker vectors"):
+        wav = load_audio(r["wav"], sample_rate)
+        vectors[r["ID"]] = speaker(wav[None], torch.tensor([wav.numel()]))[0].float()
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = file + ".tmp"
+    torch.save(vectors, tmp)
+    os.replace(tmp, file)
+    return vectors
+
+
+def build_datasets(manifests, text_tokenizer, units, speaker_vectors=None, sample_rate=16000, mismatch_filter=None):
+    """Datasets for each split.
+
+    Arguments
+    ---------
+    manifests : dict
+        ``{split: csv path}`` with columns ``ID, duration, wav, spk_id, wrd``.
+    text_tokenizer : TextTokenizer
+        Word-preserving tokenizer.
+    units : dict
+        ``{split: {id: LongTensor (S,)}}`` decoder targets.
+    speaker_vectors : dict, optional
+        ``{id: (D,) tensor}``.
+    mismatch_filter : dict, optional
+        Options of :func:`filter_mismatched` (``None`` = defaults).
+
+    Returns
+    -------
+    dict
+        ``{split: DynamicItemDataset}`` sorted by duration (ascending).
+    """
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def audio_pipeline(wav):
+        return load_audio(wav, sample_rate)
+
+    @sb.utils.data_pipeline.takes("wrd")
+    @sb.utils.data_pipeline.provides("tokens", "word_ids")
+    def text_pipeline(wrd):
+        t = text_tokenizer.encode_words(wrd)
+        yield torch.tensor(t.ids, dtype=torch.long)
+        yield torch.tensor(t.word_ids, dtype=torch.long)
+
+    datasets = {}
+    for split, csv_path in manifests.items():
+        ds = DynamicItemDataset.from_csv(csv_path)
+        split_units = units[split]
+
+        dropped = filter_mismatched(ds, split, **(mismatch_filter or {}))
+        bad = {i for ids in dropped.values() for i in ids}
+        missing = [i for i in ds.data if i not in split_units]
+        if missing:
+            logger.warning("%s: %d utterance(s) have no units (e.g. %s); excluded.", split, len(missing), missing[:3])
+        keep = [i for i in ds.data_ids if i not in bad and i in split_units]
+        if not keep:
+            raise InputError(f"Split {split!r} ({csv_path}) has no usable utterance left; see the warnings above.")
+
+        @sb.utils.data_pipeline.takes("id")
+        @sb.utils.data_pipeline.provides("units")
+        def unit_pipeline(uid, _units=split_units):
+            return _units[uid].long()
+
+        items = [audio_pipeline, text_pipeline, unit_pipeline]
+        keys = ["id", "duration", "sig", "tokens", "word_ids", "units"]
+        if speaker_vectors is not None:
+
+            @sb.utils.data_pipeline.takes("id")
+            @sb.utils.data_pipeline.provides("spk_emb")
+            def speaker_pipeline(uid):
+                return speaker_vectors[uid]
+
+            items.append(speaker_pipeline)
+            keys.append("spk_emb")
+        for item in items:
+            ds.add_dynamic_item(item)
+        ds.set_output_keys(keys)
+        keep_set = set(keep)
+        ds = ds.filtered_sorted(sort_key="duration", key_test={"id": lambda i: i in keep_set})
+        datasets[split] = ds
+    return datasets

@@ -1,0 +1,209 @@
+"""SpeechBrain Brain for stage 1: training the TASTE tokenizer (and its ablations).
+
+Loss = unit cross-entropy (teacher forcing, masked) + weighted quantizer loss.
+Metrics: teacher-forced unit top-1/top-5 accuracy, per-layer codebook usage,
+speech-token rate (Hz) and bitrate (bps). Relative SpeechBrain lengths are turned
+into absolute ones here, once; every plugin works with absolute lengths.
+"""
+
+import json
+import logging
+import math
+import os
+
+import speechbrain as sb
+import torch
+
+from taste_toolkit.interfaces import EncoderOutput
+from taste_toolkit.utils import relative_to_absolute
+
+logger = logging.getLogger(__name__)
+
+
+class EncoderOutputCache:
+    """In-memory cache of frozen-encoder taps per utterance id (fp16, on CPU).
+
+    The encoder is frozen and deterministic, so its output for an utterance never
+    changes: computing it once instead of every epoch is the largest saving of a
+    CPU run. Disable it (``cache_encoder_outputs: False``) when the encoder trains
+    or the audio is augmented.
+    """
+
+    def __init__(self):
+        self.store = {}
+
+    def get(self, ids, device, dtype, frame_rate):
+        if not all(i in self.store for i in ids):
+            return None
+        items = [self.store[i] for i in ids]
+        lengths = torch.tensor([k.shape[0] for k, _ in items], device=device)
+        t = int(lengths.max())
+        keys = torch.zeros(len(items), t, items[0][0].shape[-1], device=device, dtype=dtype)
+        values = torch.zeros(len(items), t, items[0][1].shape[-1], device=device, dtype=dtype)
+        for b, (k, v) in enumerate(items):
+            keys[b, : k.shape[0]] = k.to(device, dtype)
+            values[b, : v.shape[0]] = v.to(device, dtype)
+        return EncoderOutput(keys, values, lengths, frame_rate)
+
+    def put(self, ids, out):
+        for b, i in enumerate(ids):
+            n = int(out.lengths[b])
+            self.store[i] = (out.keys[b, :n].detach().half().cpu(), out.values[b, :n].detach().half().cpu())
+
+
+class TasteTokenizerBrain(sb.Brain):
+    """Trains ``modules.model`` (a :class:`~taste_toolkit.models.tokenizer.TasteModel`).
+
+    Expected hparams: ``cache_encoder_outputs`` (bool), optional ``lr_annealing``,
+    ``train_logger``, ``output_folder``.
+    """
+
+    def on_fit_start(self):
+        super().on_fit_start()
+        self._init_from_previous_stage()
+
+    def _init_from_previous_stage(self):
+        """Initialize from an earlier stage's checkpoint (paper's staged schedule).
+
+        Only when no checkpoint of this run exists yet (a resumed run keeps its own
+        weights). Modules are matched by name; parameters the earlier stage did not
+        have (e.g. the speech branch of the decoder after text-only) keep their init.
+        """
+        src = getattr(self.hparams, "init_from", "") or ""
+        if not src or (self.checkpointer is not None and self.checkpointer.find_checkpoint() is not None):
+            return
+        from taste_toolkit.training.staging import load_previous_stage
+
+        load_previous_stage(src, self.modules.model, getattr(self.hparams, "init_modules", None))
+
+    # -------------------------------------------------------------- forward
+    def _encoder_out(self, batch):
+        model = self.modules.model
+        if not model.needs_audio:
+            return None
+        wavs, rel = batch.sig
+        use_cache = getattr(self.hparams, "cache_encoder_outputs", False)
+        enc = model.encoder
+        if use_cache:
+            if not hasattr(self, "_enc_cache"):
+                self._enc_cache = EncoderOutputCache()
+            cached = self._enc_cache.get(batch.id, self.device, wavs.dtype, enc.frame_rate)
+            if cached is not None:
+                return cached
+        with torch.no_grad():
+            out = model.encode_audio(wavs, relative_to_absolute(rel, wavs.shape[1]))
+        if use_cache:
+            self._enc_cache.put(batch.id, out)
+        return out
+
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        tokens, tok_rel = batch.tokens
+        word_ids, _ = batch.word_ids
+        units, unit_rel = batch.units
+        tok_lens = relative_to_absolute(tok_rel, tokens.shape[1])
+        unit_lens = relative_to_absolute(unit_rel, units.shape[1])
+        speaker = batch.spk_emb.data if hasattr(batch, "spk_emb") else None
+        enc_out = self._encoder_out(batch)
+        out = self.modules.model(tokens, tok_lens, word_ids, units, unit_lens, enc_out, speaker)
+        if stage == sb.Stage.TEST and enc_out is not None and self._attention_example is None:
+            self._keep_attention_example(batch, tokens, tok_lens, word_ids, enc_out)
+        return out, tok_lens, enc_out
+
+    def _keep_attention_example(self, batch, tokens, tok_lens, word_ids, enc_out):
+        with torch.no_grad():
+            agg = self.modules.model.aggregator(tokens[:1], tok_lens[:1], word_ids[:1], _first(enc_out), need_weights=True)
+        if agg is not None and agg.attention is not None:
+            n, t = int(tok_lens[0]), int(enc_out.lengths[0])
+            self._attention_example = {
+                "id": batch.id[0],
+                "attention": agg.attention[0, :n, :t].float().cpu(),
+                "tokens": tokens[0, :n].tolist(),
+                "frame_rate": enc_out.frame_rate,
+            }
+
+    def compute_objectives(self, predictions, batch, stage):
+        out, tok_lens, enc_out = predictions
+        if stage != sb.Stage.TRAIN:
+            acc = self.modules.model.decoder.accuracy(out.decoder, topk=(1, 5))
+            for k, v in acc.items():
+                self._counts[k] = self._counts.get(k, 0) + float(v)
+            self._counts["seconds"] = self._counts.get("seconds", 0.0) + float(sum(batch.duration))
+            agg = out.aggregator
+            if agg is not None:
+                self._counts["speech_tokens"] = self._counts.get("speech_tokens", 0.0) + float(agg.lengths.sum())
+            self._counts["text_tokens"] = self._counts.get("text_tokens", 0.0) + float(tok_lens.sum())
+        if out.quantizer is not None:
+            for k, v in out.quantizer.metrics.items():
+                self._qmetrics.setdefault(k, []).append(float(v))
+        return out.loss
+
+    def check_loss_isfinite(self, loss):
+        if not torch.isfinite(loss):
+            logger.warning("Non-finite loss (%s) on batch with ids %s; skipping its update.", float(loss), self._batch_ids)
+        super().check_loss_isfinite(loss)
+
+    def on_fit_batch_start(self, batch, should_step):
+        self._batch_ids = list(batch.id)
+
+    # -------------------------------------------------------------- stages
+    def on_stage_start(self, stage, epoch=None):
+        self._counts, self._qmetrics = {}, {}
+        self._attention_example = None
+
+    def stage_stats(self, stage_loss):
+        stats = {"loss": round(float(stage_loss), 4)}
+        c = self._counts
+        total = c.get("total", 0)
+        for k in ("top1", "top5"):
+            if total:
+                stats[f"unit_{k}"] = round(c[f"{k}_correct"] / total, 4)
+        seconds = c.get("seconds", 0.0)
+        if seconds and "speech_tokens" in c:
+            rate = c["speech_tokens"] / seconds
+            stats["token_rate_hz"] = round(rate, 3)
+            q = self.modules.model.quantizer
+            if q is not None and q.codebook_size:
+                stats["bitrate_bps"] = round(rate * q.num_quantizers * math.log2(q.codebook_size), 1)
+        if seconds:
+            stats["text_token_rate_hz"] = round(c.get("text_tokens", 0.0) / seconds, 3)
+        for k, v in self._qmetrics.items():
+            stats[k] = round(sum(v) / len(v), 4)
+        return stats
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = self.stage_stats(stage_loss)
+            return
+        stats = self.stage_stats(stage_loss)
+        if stage == sb.Stage.VALID:
+            lr = self.optimizer.param_groups[0]["lr"]
+            annealing = getattr(self.hparams, "lr_annealing", None)
+            if annealing is not None:
+                old, new = annealing(stats["loss"])
+                sb.nnet.schedulers.update_learning_rate(self.optimizer, new)
+            self.hparams.train_logger.log_stats({"epoch": epoch, "lr": lr}, self.train_stats, stats)
+            self.checkpointer.save_and_keep_only(meta={"loss": stats["loss"]}, min_keys=["loss"], num_to_keep=2)
+        else:
+            self.hparams.train_logger.log_stats({"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats)
+            self.test_stats = stats
+            self._write_test_outputs(stats)
+
+    def _write_test_outputs(self, stats):
+        if not sb.utils.distributed.if_main_process():
+            return
+        folder = self.hparams.output_folder
+        with open(os.path.join(folder, "test_results.json"), "w") as f:
+            json.dump(stats, f, indent=2)
+        ex = self._attention_example
+        if ex is not None:
+            from taste_toolkit.training.plots import plot_attention
+
+            tok = getattr(self.hparams, "text_tokenizer", None)
+            labels = [tok.decode([t]) for t in ex["tokens"]] if tok is not None else None
+            plot_attention(ex["attention"], os.path.join(folder, "attention.png"), labels, ex["frame_rate"], title=ex["id"])
+
+
+def _first(enc_out):
+    n = int(enc_out.lengths[0])
+    return EncoderOutput(enc_out.keys[:1, :n], enc_out.values[:1, :n], enc_out.lengths[:1], enc_out.frame_rate)
