@@ -25,6 +25,7 @@ import inspect
 import logging
 import os
 import typing
+from collections.abc import Mapping
 
 from taste_toolkit.errors import ConfigError, PluginNotFoundError
 
@@ -129,7 +130,6 @@ def load_entry_points(group=ENTRY_POINT_GROUP):
     global _loaded_entry_points
     if _loaded_entry_points:
         return
-    _loaded_entry_points = True
     for entry_point in importlib.metadata.entry_points(group=group):
         try:
             entry_point.load()
@@ -142,6 +142,8 @@ def load_entry_points(group=ENTRY_POINT_GROUP):
                 entry_point.value,
                 exc,
             )
+    # Only once every entry point was tried: a strict-mode failure retries next time.
+    _loaded_entry_points = True
 
 
 def load_plugins(modules=()):
@@ -249,12 +251,12 @@ def build(kind, name, options=None, blocks=None, **extra):
     if options is not None and blocks is not None:
         raise ConfigError("Pass either options or blocks to build(), not both.")
     if blocks is not None:
-        if not isinstance(blocks, dict):
+        if not isinstance(blocks, Mapping):
             raise ConfigError(f"{kind} option blocks must be a mapping, got {blocks!r}.")
         options = blocks.get(name) or {}
+    if options is not None and not isinstance(options, Mapping):
+        raise ConfigError(f"Options of {kind} plugin {name!r} must be a mapping, got {options!r}.")
     options = dict(options or {})
-    if not isinstance(options, dict):
-        raise ConfigError(f"Options of {kind} {name!r} must be a mapping.")
     accepted = plugin_options(cls)
     params = inspect.signature(cls.__init__).parameters
     takes_var_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
@@ -285,7 +287,7 @@ def build(kind, name, options=None, blocks=None, **extra):
         if annotation is not None and not _type_ok(value, annotation):
             raise ConfigError(
                 f"Option {key!r} of {kind} plugin {name!r} must be {annotation}, "
-                f"got {value!r} ({type(value).__name__})."
+                f"got {value!r} ({type(value).__name__}). Accepted options: {accepted_list}."
             )
     return cls(**options)
 
@@ -299,6 +301,8 @@ def _type_hints(cls):
 
 def describe(kind=None):
     """Human-readable listing of plugins with options, used by ``taste plugins``."""
+    if kind is not None:
+        _check_kind(kind)
     lines = []
     for k, names in available().items():
         if kind and k != kind:

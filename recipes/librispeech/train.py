@@ -21,13 +21,13 @@ import os
 import sys
 
 import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from librispeech_prepare import prepare_librispeech  # noqa: E402
 
+from taste_toolkit.hparams_loader import load_hparams  # noqa: E402
 from taste_toolkit.data.unit_cache import load_units, prepare_units  # noqa: E402
 from taste_toolkit.training.data import build_datasets, compute_speaker_vectors  # noqa: E402
 from taste_toolkit.training.tokenizer_brain import TasteTokenizerBrain  # noqa: E402
@@ -86,8 +86,8 @@ def fit_text_tokenizer(hparams, manifests, train):
 def main():
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
-    with open(hparams_file) as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
+    # Ablation files are small override files on top of a base YAML.
+    hparams, hparams_file, overrides = load_hparams(hparams_file, overrides)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
     )
@@ -118,6 +118,10 @@ def main():
             datasets[train], length_func=lambda x: float(x["duration"]), **hparams["dynamic_batch_sampler_train"]
         )
         train_kwargs = {"batch_sampler": sampler}
+        # SpeechBrain calls set_epoch() only on brain.train_sampler: without this the
+        # batch order would depend on how many epochs this process ran (not on the
+        # epoch number), and a resumed run would see other batches.
+        brain.train_sampler = sampler
     valid = hparams["dev_splits"][0]
     brain.fit(
         hparams["epoch_counter"],

@@ -18,7 +18,8 @@ Cache keys
 manifest and the size/mtime of its audio files, and ``max_fit_utterances``.
 The key of a split hashes the plugin name, its options, the SHA-256 of the
 fitted state and the split's manifest (content + audio size/mtime). Unchanged
-inputs reuse the files; any change recomputes. Files are written to a
+inputs reuse the files; any change recomputes. A model file named in the options
+(``s3``'s ``model_path``) enters every key by size and mtime. Files are written to a
 temporary name and renamed (atomic); a file that fails to load or whose
 checksum does not match is rebuilt with a warning.
 """

@@ -93,7 +93,10 @@ class TasteTokenizerBrain(sb.Brain):
         with torch.no_grad():
             out = model.encode_audio(wavs, relative_to_absolute(rel, wavs.shape[1]))
         if use_cache:
+            # Return what was stored (fp16-rounded), so the first epoch, later epochs
+            # and a resumed run all see exactly the same encoder outputs.
             self._enc_cache.put(batch.id, out)
+            out = self._enc_cache.get(batch.id, self.device, wavs.dtype, enc.frame_rate)
         return out
 
     def compute_forward(self, batch, stage):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from taste_toolkit.errors import ConfigError, InputError
+from taste_toolkit.errors import ConfigError, InputError, MissingResourceError
 from taste_toolkit.interfaces import Aggregator, AggregatorOutput
 from taste_toolkit.registry import register
 
@@ -147,6 +147,9 @@ class CrossAttentionAggregator(Aggregator):
         random init, no prompt.
     freeze_embeddings : bool
         Keep token and position embeddings frozen.
+    use_whisper_prompt : bool
+        With ``init_from_whisper``, prepend Whisper's transcription prompt (needs the
+        tokenizer files next to the model). False = weights only, no prompt.
     """
 
     def __init__(
@@ -164,6 +167,7 @@ class CrossAttentionAggregator(Aggregator):
         value_identity_init: bool = True,
         init_from_whisper: str = "",
         freeze_embeddings: bool = False,
+        use_whisper_prompt: bool = True,
     ):
         super().__init__()
         if word_pooling not in ("mean", "none"):
@@ -181,7 +185,7 @@ class CrossAttentionAggregator(Aggregator):
         self.layer_norm = nn.LayerNorm(self.d_model)
         self.register_buffer("prefix_ids", torch.zeros(0, dtype=torch.long))
         if init_from_whisper:
-            self._init_from_whisper(init_from_whisper, num_layers)
+            self._init_from_whisper(init_from_whisper, num_layers, use_whisper_prompt)
         if value_identity_init:
             self._identity_values()
         if freeze_embeddings:
@@ -198,7 +202,7 @@ class CrossAttentionAggregator(Aggregator):
                 v.weight.copy_(torch.eye(v.out_features))
                 v.bias.zero_()
 
-    def _init_from_whisper(self, source, num_layers):
+    def _init_from_whisper(self, source, num_layers, use_prompt=True):
         from transformers import WhisperTokenizerFast
 
         from taste_toolkit.plugins.encoder.whisper import load_whisper_model
@@ -208,6 +212,13 @@ class CrossAttentionAggregator(Aggregator):
         if num_layers > len(decoder.layers):
             raise ConfigError(f"init_from_whisper: {source!r} has {len(decoder.layers)} decoder layers, asked {num_layers}.")
         state = {k: v for k, v in decoder.state_dict().items() if not k.startswith("layers.") or int(k.split(".")[1]) < num_layers}
+        own = self.state_dict()
+        wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+        if wrong:
+            raise ConfigError(
+                f"init_from_whisper: {source!r} has other shapes for {wrong[:4]} (e.g. {tuple(state[wrong[0]].shape)} "
+                f"vs {tuple(own[wrong[0]].shape)}); set d_model/num_heads/ffn_dim/max_positions to the Whisper decoder's."
+            )
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [m for m in missing if m != "prefix_ids"]
         if missing or unexpected:
@@ -215,7 +226,14 @@ class CrossAttentionAggregator(Aggregator):
                 f"init_from_whisper: shapes/names do not match {source!r} (missing {missing[:4]}, "
                 f"unexpected {unexpected[:4]}); set d_model/num_heads/ffn_dim to the Whisper decoder's."
             )
+        if not use_prompt:
+            return
         tok = WhisperTokenizerFast.from_pretrained(resolve_whisper_source(source))
+        if "<|notimestamps|>" not in tok.get_vocab():
+            raise MissingResourceError(
+                f"init_from_whisper: {source!r} has no Whisper tokenizer files (vocab.json/tokenizer.json), "
+                "needed for the decoder prompt. Save the tokenizer next to the model (WhisperTokenizer.save_pretrained)."
+            )
         # Whisper's own transcription prompt (sot [, lang, task], notimestamps),
         # taken from the tokenizer rather than hard-coded ids.
         no_ts = tok.convert_tokens_to_ids("<|notimestamps|>")

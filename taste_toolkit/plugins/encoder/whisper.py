@@ -63,7 +63,10 @@ class WhisperTapEncoder(Encoder):
         Hub id (``openai/whisper-large-v3``, ``distil-whisper/distil-large-v3``), a
         local transformers folder, a CTranslate2 folder, or ``builtin:tiny.en``.
     value_layer : int
-        Values = output of this block (1-based; HF ``hidden_states[value_layer]``).
+        Values = output of this block (1-based; HF ``hidden_states[value_layer]``,
+        except that for the last block it is the output *before* the final
+        LayerNorm, whereas HF's last hidden state is after it);
+        ``-1`` = the same tap as the keys (the "last layer as values" ablation).
     key_layer : int
         Keys = output of this block; ``-1`` = last block after the final LayerNorm.
     mode : str
@@ -94,7 +97,7 @@ class WhisperTapEncoder(Encoder):
         self.encoder = model.encoder
         config = model.config
         num_layers = config.encoder_layers
-        if not 0 <= value_layer <= num_layers:
+        if value_layer != -1 and not 0 <= value_layer <= num_layers:
             raise ConfigError(
                 f"value_layer={value_layer} is outside 0..{num_layers} for {source!r} "
                 f"({num_layers} encoder layers)."
@@ -224,7 +227,7 @@ class WhisperTapEncoder(Encoder):
             x = layer(x, attention_mask=attn_mask)
             hidden.append(x)
         keys = enc.layer_norm(x) if self.key_layer == -1 else hidden[self.key_layer]
-        values = hidden[self.value_layer]
+        values = keys if self.value_layer == -1 else hidden[self.value_layer]
         if use_mask:
             pad = ~valid[..., None]
             keys, values = keys.masked_fill(pad, 0.0), values.masked_fill(pad, 0.0)

@@ -32,8 +32,10 @@ class IdentityQuantizer(Quantizer):
 
     def __init__(self, input_dim: int):
         super().__init__()
-        if input_dim < 1:
-            raise ConfigError(f"identity quantizer input_dim must be >= 1, got {input_dim}.")
+        # 0 is allowed: text-only models have no speech vectors and keep the
+        # identity as a placeholder (see taste_toolkit.hparams_utils.build_quantizer).
+        if input_dim < 0:
+            raise ConfigError(f"identity quantizer input_dim must be >= 0, got {input_dim}.")
         self._input_dim = input_dim
 
     @property

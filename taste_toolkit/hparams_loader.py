@@ -1,0 +1,79 @@
+"""Load hyperpyyaml files, including small override files that name a base.
+
+An override file is a whole experiment written as a difference::
+
+    base: ../taste.yaml          # relative to this file
+    overrides:
+        experiment_name: text_only
+        aggregator_name: none
+
+Command-line overrides are applied on top of the file's. hyperpyyaml merges
+nested mappings, so overriding one option of a plugin block keeps the others;
+choosing a different plugin (``<kind>_name``) uses that plugin's own block, so no
+option of the previous plugin leaks in.
+"""
+
+import os
+
+import yaml
+from hyperpyyaml import load_hyperpyyaml
+
+from taste_toolkit.errors import ConfigError
+
+
+def _as_dict(overrides):
+    if overrides is None or overrides == "":
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    loaded = yaml.safe_load(overrides)
+    return dict(loaded or {})
+
+
+def _merge(base, extra):
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_hparams_file(path, overrides=None):
+    """Follow ``base:`` links; returns ``(real yaml path, merged overrides dict)``."""
+    overrides = _as_dict(overrides)
+    seen = []
+    while True:
+        with open(path) as f:
+            text = f.read()
+        head = yaml.load(text, Loader=_PlainLoader) if "base:" in text else None
+        if not (isinstance(head, dict) and "base" in head and set(head) <= {"base", "overrides"}):
+            return path, overrides
+        if path in seen:
+            raise ConfigError(f"hparams files form a cycle: {seen + [path]}")
+        seen.append(path)
+        overrides = _merge(_as_dict(head.get("overrides")), overrides)
+        path = os.path.normpath(os.path.join(os.path.dirname(path), head["base"]))
+        if not os.path.exists(path):
+            raise ConfigError(f"{seen[-1]} names base {head['base']!r}, which does not exist ({path}).")
+
+
+def load_hparams(path, overrides=None):
+    """Load ``path`` (a full hyperpyyaml file or an override file).
+
+    Returns ``(hparams, real path, overrides as YAML text)``; the last two are what
+    ``speechbrain.create_experiment_directory`` needs to save the resolved config.
+    """
+    real, merged = resolve_hparams_file(path, overrides)
+    with open(real) as f:
+        hparams = load_hyperpyyaml(f, merged)
+    return hparams, real, yaml.safe_dump(merged) if merged else ""
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """Safe loader that keeps hyperpyyaml tags as plain strings (we only read ``base``)."""
+
+
+def _tag_as_string(loader, suffix, node):
+    return f"!{suffix}"
+
+
+_PlainLoader.add_multi_constructor("!", _tag_as_string)

@@ -1,0 +1,110 @@
+"""Every YAML in hparams/ loads and builds its model; plugin swaps leave no stale options."""
+
+import glob
+import os
+
+import pytest
+import yaml
+
+from taste_toolkit.errors import ConfigError
+from taste_toolkit.hparams_loader import load_hparams, resolve_hparams_file
+from taste_toolkit.models.tokenizer import TasteModel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+YAMLS = sorted(glob.glob(os.path.join(ROOT, "hparams", "*.yaml")) + glob.glob(os.path.join(ROOT, "hparams", "ablations", "*.yaml")))
+
+EXPECTED = {
+    "taste.yaml": ("CrossAttentionAggregator", "ResidualVQQuantizer", "word"),
+    "text_only.yaml": ("NoAggregator", "IdentityQuantizer", None),
+    "no_vq.yaml": ("CrossAttentionAggregator", "IdentityQuantizer", "word"),
+    "last_layer_values.yaml": ("CrossAttentionAggregator", "IdentityQuantizer", "word"),
+    "encoder_only.yaml": ("FramesAggregator", "IdentityQuantizer", "frame"),
+    "encoder_last_layer_only.yaml": ("FramesAggregator", "IdentityQuantizer", "frame"),
+}
+
+
+def tiny_overrides(tmp_path):
+    # Small decoder so building is fast; paths inside tmp_path.
+    return {
+        "output_folder": str(tmp_path / "out"),
+        "prep_folder": str(tmp_path / "prep"),
+        "decoder_options": {"unit_transformer": {"d_model": 32, "num_layers": 1, "ffn_dim": 64}},
+    }
+
+
+def test_every_yaml_is_listed():
+    assert {os.path.basename(y) for y in YAMLS} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=os.path.basename)
+def test_yaml_loads_and_builds(path, tmp_path):
+    hparams, real, _ = load_hparams(path, tiny_overrides(tmp_path))
+    model = hparams["model"]
+    assert isinstance(model, TasteModel)
+    agg, quant, level = EXPECTED[os.path.basename(path)]
+    assert type(model.aggregator).__name__ == agg
+    assert type(model.quantizer).__name__ == quant
+    assert model.decoder.speech_dim == model.aggregator.output_dim
+    if level == "frame":
+        assert model.decoder.fusion == "concat"
+    # Only trainable parts are checkpointed; the frozen encoder never is.
+    recoverables = hparams["checkpointer"].recoverables
+    assert "encoder" not in recoverables and "decoder" in recoverables
+
+
+def test_last_layer_values_uses_key_tap(tmp_path):
+    hparams, _, _ = load_hparams(os.path.join(ROOT, "hparams/ablations/last_layer_values.yaml"), tiny_overrides(tmp_path))
+    assert hparams["encoder"].value_layer == -1
+    default, _, _ = load_hparams(os.path.join(ROOT, "hparams/taste.yaml"), tiny_overrides(tmp_path))
+    assert default["encoder"].value_layer == 1
+
+
+def test_swap_quantizer_from_command_line_leaves_no_stale_options(tmp_path):
+    over = tiny_overrides(tmp_path)
+    over["quantizer_name"] = "identity"  # the rvq block keeps rvq-only keys; they must not leak
+    hparams, _, _ = load_hparams(os.path.join(ROOT, "hparams/taste.yaml"), over)
+    assert type(hparams["quantizer"]).__name__ == "IdentityQuantizer"
+
+
+def test_override_changes_one_option_of_a_block(tmp_path):
+    over = tiny_overrides(tmp_path)
+    over["quantizer_options"] = {"rvq": {"codebook_size": 32}}
+    hparams, _, _ = load_hparams(os.path.join(ROOT, "hparams/taste.yaml"), over)
+    q = hparams["quantizer"]
+    assert q.codebook_size == 32 and q.num_quantizers == 4  # other rvq options kept
+
+
+def test_unknown_plugin_name_is_a_clear_error(tmp_path):
+    over = tiny_overrides(tmp_path)
+    over["quantizer_name"] = "nope"
+    with pytest.raises(ConfigError, match="Available quantizer plugins: .*rvq"):
+        load_hparams(os.path.join(ROOT, "hparams/taste.yaml"), over)
+
+
+def test_misspelt_override_key_is_rejected(tmp_path):
+    over = tiny_overrides(tmp_path)
+    over["number_of_epoch"] = 3
+    with pytest.raises(Exception, match="number_of_epoch"):
+        load_hparams(os.path.join(ROOT, "hparams/taste.yaml"), over)
+
+
+def test_override_file_chain_and_cli_precedence(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("a: 1\nb: {x: 1, y: 2}\n")
+    mid = tmp_path / "mid.yaml"
+    mid.write_text(yaml.safe_dump({"base": "base.yaml", "overrides": {"a": 2, "b": {"x": 5}}}))
+    top = tmp_path / "sub" / "top.yaml"
+    top.parent.mkdir()
+    top.write_text(yaml.safe_dump({"base": "../mid.yaml", "overrides": {"a": 3}}))
+    real, merged = resolve_hparams_file(str(top), "a: 4")
+    assert os.path.samefile(real, base)
+    assert merged == {"a": 4, "b": {"x": 5}}
+    hparams, _, _ = load_hparams(str(top))
+    assert hparams == {"a": 3, "b": {"x": 5, "y": 2}}
+
+
+def test_missing_base_is_a_clear_error(tmp_path):
+    f = tmp_path / "x.yaml"
+    f.write_text("base: nowhere.yaml\noverrides: {a: 1}\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        resolve_hparams_file(str(f))
