@@ -88,6 +88,8 @@ class UnitTransformerDecoder(UnitDecoder):
     causal_branches : bool
         Causal instead of bidirectional stream encoders (the official CosyVoice
         encoders use chunk size 1, i.e. causal).
+    normalize_streams : bool
+        Parameter-free LayerNorm of the text and speech streams before fusion.
 
     Example
     -------
@@ -115,6 +117,7 @@ class UnitTransformerDecoder(UnitDecoder):
         fusion: str = "weighted_sum",
         max_positions: int = 4096,
         causal_branches: bool = False,
+        normalize_streams: bool = True,
     ):
         super().__init__()
         if fusion not in FUSIONS:
@@ -130,6 +133,7 @@ class UnitTransformerDecoder(UnitDecoder):
         self._speaker_dim = speaker_dim
         self.vocab_size = vocab_size
         self.fusion = fusion
+        self.normalize_streams = normalize_streams
         self.max_positions = max_positions
         stack = dict(num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout)
 
@@ -222,6 +226,12 @@ class UnitTransformerDecoder(UnitDecoder):
             speech_valid = torch.arange(m_max, device=device)[None] < speech_lengths[:, None]
             speech = self.speech_proj(speech) + self.positions[:m_max]
             speech, _ = self.speech_encoder(speech, speech_valid)
+            if self.normalize_streams:
+                # Parameter-free LayerNorm of both streams (the reference's `normalize`):
+                # the fusion weights then compare like with like, whatever the scale of
+                # the speech vectors.
+                text = F.layer_norm(text, text.shape[-1:])
+                speech = F.layer_norm(speech, speech.shape[-1:])
             if self.fusion == "weighted_sum":
                 weights = torch.softmax(self.fusion_logits, dim=0)
                 fused = weights[0] * text + weights[1] * speech

@@ -91,6 +91,7 @@ class ResidualVQQuantizer(Quantizer):
         threshold_ema_dead_code: float = 2.0,
         quantize_dropout: bool = True,
         sync_codebook: bool = True,
+        use_cosine_sim: bool = False,
     ):
         super().__init__()
         from vector_quantize_pytorch import ResidualVQ
@@ -130,6 +131,9 @@ class ResidualVQQuantizer(Quantizer):
             quantize_dropout=quantize_dropout,
             # Plain straight-through as in TASTE; 1.32 defaults to the rotation trick.
             rotation_trick=False,
+            # L2-normalized lookup (as DAC / LM-SPT): immune to the scale collapse
+            # where projection and EMA codebooks shrink together.
+            use_cosine_sim=use_cosine_sim,
             # Turned on per forward by _configure_sync (see there).
             sync_codebook=False,
         )
