@@ -24,13 +24,6 @@ D = 12
 LEVELS = [8, 5, 5, 5]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: a second OpenMP thread only waits for a busy core on this machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make_fsq(seed=0, levels=LEVELS):

@@ -11,14 +11,6 @@ from taste_toolkit.registry import available, build
 D = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tensors are tiny; on the shared 2-core machine a second OpenMP thread
-    # makes each matmul wait for a busy core (measured 0.1 ms -> 20-40 ms).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make_rvq(seed=0, **options):

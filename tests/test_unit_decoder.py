@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from taste_toolkit.errors import InputError
+from taste_toolkit.errors import ConfigError, InputError
 from taste_toolkit.nn.causal_transformer import KVCache, TransformerStack
 from taste_toolkit.plugins.decoder.unit_transformer import UnitTransformerDecoder
 from taste_toolkit.registry import build
@@ -14,13 +14,6 @@ VOCAB, UNITS, SPEECH, SPK = 20, 12, 8, 6
 TINY = dict(d_model=32, num_layers=2, num_heads=4, ffn_dim=64, dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on shared cores run ~10x faster single-threaded (no contention)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make(seed=0, **options):
@@ -226,3 +219,21 @@ def test_cache_speed_200_units():
     assert outputs[True][1].tolist() == [200]
     assert torch.equal(outputs[True][0], outputs[False][0])
     print(f"\n200 units: KV cache {timings[True]:.3f} s, recompute {timings[False]:.3f} s")
+
+
+def test_unit_dropout_masks_inputs_only_in_training():
+    torch.manual_seed(0)
+    dec = build("decoder", "unit_transformer", {"vocab_size": 20, "num_units": 8, "d_model": 16, "num_layers": 1,
+                                                "num_heads": 2, "ffn_dim": 32, "dropout": 0.0, "unit_dropout": 0.5})
+    tokens, tl = torch.randint(0, 20, (2, 5)), torch.tensor([5, 3])
+    units, ul = torch.randint(0, 8, (2, 12)), torch.tensor([12, 9])
+    dec.eval()
+    a = dec(tokens, tl, None, None, units, ul).logits
+    b = dec(tokens, tl, None, None, units, ul).logits
+    assert torch.equal(a, b)  # eval: deterministic, nothing masked
+    dec.train()
+    c = dec(tokens, tl, None, None, units, ul)
+    c.loss.backward()
+    assert dec.unit_mask_embedding.grad is not None and dec.unit_mask_embedding.grad.abs().sum() > 0
+    with pytest.raises(ConfigError):
+        build("decoder", "unit_transformer", {"vocab_size": 20, "num_units": 8, "unit_dropout": 1.0})

@@ -25,14 +25,10 @@ from torch import nn
 from taste_toolkit.errors import ConfigError, InputError
 from taste_toolkit.interfaces import Quantizer, QuantizerOutput
 from taste_toolkit.registry import register
+from taste_toolkit.utils import lengths_to_mask
 
 #: Widens the tanh range a little so the extreme levels are reached by finite inputs.
 _EPS = 1e-3
-
-
-def valid_mask(lengths, max_len):
-    """``(B, M)`` bool mask of positions ``< lengths``."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
 @register("quantizer", "fsq")
@@ -147,7 +143,7 @@ class FSQQuantizer(Quantizer):
                 f"fsq lengths must be (B,)={x.shape[0]} absolute counts in [0, {x.shape[1]}], "
                 f"got {lengths.tolist()}."
             )
-        return valid_mask(lengths, x.shape[1])
+        return lengths_to_mask(lengths, x.shape[1])
 
     def _quantize(self, x, mask):
         """Return (quantized (B, M, D) with padding zeroed, codes (B, M, 1))."""

@@ -90,6 +90,9 @@ class UnitTransformerDecoder(UnitDecoder):
         encoders use chunk size 1, i.e. causal).
     normalize_streams : bool
         Parameter-free LayerNorm of the text and speech streams before fusion.
+    unit_dropout : float
+        Training only: share of teacher-forced input units replaced by a learned
+        mask vector, so the decoder cannot lean on the previous unit alone.
 
     Example
     -------
@@ -118,6 +121,7 @@ class UnitTransformerDecoder(UnitDecoder):
         max_positions: int = 4096,
         causal_branches: bool = False,
         normalize_streams: bool = True,
+        unit_dropout: float = 0.0,
     ):
         super().__init__()
         if fusion not in FUSIONS:
@@ -134,6 +138,9 @@ class UnitTransformerDecoder(UnitDecoder):
         self.vocab_size = vocab_size
         self.fusion = fusion
         self.normalize_streams = normalize_streams
+        if not 0.0 <= unit_dropout < 1.0:
+            raise ConfigError(f"unit_dropout must be in [0, 1), got {unit_dropout}.")
+        self.unit_dropout = unit_dropout
         self.max_positions = max_positions
         stack = dict(num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout)
 
@@ -150,6 +157,9 @@ class UnitTransformerDecoder(UnitDecoder):
             self.speaker_proj = nn.Linear(speaker_dim, d_model)
         self.task_embedding = nn.Parameter(torch.randn(d_model))
         self.unit_embedding = nn.Embedding(num_units, d_model)
+        if unit_dropout > 0:
+            # Stands in for teacher-forced input units dropped in training.
+            self.unit_mask_embedding = nn.Parameter(torch.zeros(d_model))
         self.core = TransformerStack(d_model, num_layers, causal=True, **stack)
         self.head = nn.Linear(d_model, num_units + 1)
         self.register_buffer(
@@ -287,10 +297,21 @@ class UnitTransformerDecoder(UnitDecoder):
         if ((units < 0) | (units >= self.num_units))[unit_valid].any():
             raise InputError(f"Unit ids must lie in [0, {self.num_units}).")
         embedded = self.unit_embedding(units.clamp(0, self.num_units - 1))
+        if self.training and self.unit_dropout > 0:
+            # Teacher forcing lets an AR decoder predict mostly from the previous unit
+            # and ignore its conditioning (the reason for Tacotron's prenet dropout);
+            # hiding a share of the input units forces it to read text and speech.
+            drop = torch.rand(units.shape, device=device) < self.unit_dropout
+            embedded = torch.where(drop[..., None], self.unit_mask_embedding.to(embedded.dtype), embedded)
         sequence, total = pack_segments([(prefix, prefix_lengths), (embedded, unit_lengths)])
         self._check_length(sequence.shape[1], "The packed decoder sequence")
-        valid = torch.arange(sequence.shape[1], device=device)[None] < total[:, None]
-        hidden, _ = self.core(sequence + self.positions[: sequence.shape[1]], valid)
+        columns = torch.arange(sequence.shape[1], device=device)[None]
+        valid = columns < total[:, None]
+        # Positions restart at the first unit (as in VALL-E): a unit's position is its
+        # time index whatever the transcript length, which makes the time -> word
+        # alignment a fixed, learnable relation instead of one shifted per utterance.
+        position = columns - torch.where(columns >= prefix_lengths[:, None], prefix_lengths[:, None], 0)
+        hidden, _ = self.core(sequence + self.positions[position], valid)
 
         # The task token predicts unit 0; the last unit predicts EOS.
         index = (prefix_lengths[:, None] - 1 + steps).clamp(max=sequence.shape[1] - 1)
@@ -393,7 +414,7 @@ class UnitTransformerDecoder(UnitDecoder):
             finished |= stop
             if bool(finished.all()):
                 break
-            new = self.unit_embedding(choice.clamp(max=self.num_units - 1)) + self.positions[prefix_lengths + step]
+            new = self.unit_embedding(choice.clamp(max=self.num_units - 1)) + self.positions[step]
             if use_cache:
                 hidden, cache = self.core(new[:, None], step_valid, cache=cache)
             else:

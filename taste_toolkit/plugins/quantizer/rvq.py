@@ -28,13 +28,9 @@ import torch.distributed as dist
 from taste_toolkit.errors import ConfigError, InputError
 from taste_toolkit.interfaces import Quantizer, QuantizerOutput
 from taste_toolkit.registry import register
+from taste_toolkit.utils import lengths_to_mask
 
 logger = logging.getLogger(__name__)
-
-
-def valid_mask(lengths, max_len):
-    """``(B, M)`` bool mask of positions ``< lengths``."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
 @register("quantizer", "rvq")
@@ -91,7 +87,6 @@ class ResidualVQQuantizer(Quantizer):
         threshold_ema_dead_code: float = 2.0,
         quantize_dropout: bool = True,
         sync_codebook: bool = True,
-        use_cosine_sim: bool = False,
     ):
         super().__init__()
         from vector_quantize_pytorch import ResidualVQ
@@ -131,9 +126,6 @@ class ResidualVQQuantizer(Quantizer):
             quantize_dropout=quantize_dropout,
             # Plain straight-through as in TASTE; 1.32 defaults to the rotation trick.
             rotation_trick=False,
-            # L2-normalized lookup (as DAC / LM-SPT): immune to the scale collapse
-            # where projection and EMA codebooks shrink together.
-            use_cosine_sim=use_cosine_sim,
             # Turned on per forward by _configure_sync (see there).
             sync_codebook=False,
         )
@@ -204,7 +196,7 @@ class ResidualVQQuantizer(Quantizer):
                 f"rvq lengths must be (B,)={x.shape[0]} absolute counts in [0, {x.shape[1]}], "
                 f"got {lengths.tolist()}."
             )
-        return valid_mask(lengths, x.shape[1])
+        return lengths_to_mask(lengths, x.shape[1])
 
     def _empty_codes(self, mask):
         """``(B, M, R)`` codes that are all ``-1``."""

@@ -1,0 +1,36 @@
+"""A non-editable install (wheel) carries every module and registers every built-in plugin."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_wheel_install_registers_all_builtin_plugins(tmp_path):
+    from taste_toolkit.registry import available
+
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), ROOT],
+                   check=True, capture_output=True)
+    (wheel,) = list(wheels.glob("taste_toolkit-*.whl"))
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    code = (
+        "import json, taste_toolkit, taste_toolkit.registry as r;"
+        "print(json.dumps({'file': taste_toolkit.__file__, 'plugins': r.available()}))"
+    )
+    # Run outside the source tree so the editable checkout cannot be picked up instead.
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(target)))
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["file"].startswith(str(target))
+    expected = available()
+    for kind, names in expected.items():
+        builtin = [n for n in names if n != "fsq"]  # fsq comes from the example plugin package
+        assert set(builtin) <= set(result["plugins"][kind]), kind
