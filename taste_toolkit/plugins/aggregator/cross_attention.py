@@ -150,11 +150,6 @@ class CrossAttentionAggregator(Aggregator):
     use_whisper_prompt : bool
         With ``init_from_whisper``, prepend Whisper's transcription prompt (needs the
         tokenizer files next to the model). False = weights only, no prompt.
-    reset_final_norm : bool
-        After ``init_from_whisper``, reset the final LayerNorm to unit gain and zero
-        bias. Whisper's final-norm gains are tuned to feed its vocabulary logits and
-        give word vectors a large shared offset (norm ~200 for tiny.en, ~3 spread),
-        which conditions the quantizer and the decoder's fusion badly.
     """
 
     def __init__(
@@ -173,7 +168,6 @@ class CrossAttentionAggregator(Aggregator):
         init_from_whisper: str = "",
         freeze_embeddings: bool = False,
         use_whisper_prompt: bool = True,
-        reset_final_norm: bool = False,
     ):
         super().__init__()
         if word_pooling not in ("mean", "none"):
@@ -192,8 +186,6 @@ class CrossAttentionAggregator(Aggregator):
         self.register_buffer("prefix_ids", torch.zeros(0, dtype=torch.long))
         if init_from_whisper:
             self._init_from_whisper(init_from_whisper, num_layers, use_whisper_prompt)
-            if reset_final_norm:
-                self.layer_norm.reset_parameters()
         if value_identity_init:
             self._identity_values()
         if freeze_embeddings:
