@@ -64,7 +64,7 @@ def test_every_yaml_trains_and_tests(yaml_file, tiny_corpus, tmp_path):
     results = json.loads((out / "test_results.json").read_text())["test"]
     assert 0.0 <= results["unit_top1"] <= results["unit_top5"] <= 1.0
     assert "unit_top5=" in proc.stdout  # the summary is printed
-    for name in ("train_log.txt", "hyperparams.yaml", "env.log"):
+    for name in ("train_log.txt", "hyperparams.yaml", "env.log", "curves.png"):
         assert (out / name).exists()
     ckpt = latest_ckpt(out)
     assert os.path.exists(os.path.join(ckpt, "decoder.ckpt"))

@@ -187,17 +187,33 @@ class TasteTokenizerBrain(sb.Brain):
                 sb.nnet.schedulers.update_learning_rate(self.optimizer, new)
             self.hparams.train_logger.log_stats({"epoch": epoch, "lr": lr}, self.train_stats, stats)
             self.checkpointer.save_and_keep_only(meta={"loss": stats["loss"]}, min_keys=["loss"], num_to_keep=2)
+            self._plot_curves(epoch, stats)
         else:
             self.hparams.train_logger.log_stats({"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats)
             self.test_stats = stats
             self._write_test_outputs(stats)
 
+    def _plot_curves(self, epoch, valid_stats):
+        """Append this epoch to ``curves.json`` and redraw ``curves.png`` (loss, unit top-5)."""
+        if not sb.utils.distributed.if_main_process():
+            return
+        from taste_toolkit.training.plots import plot_curves
+
+        path = os.path.join(self.hparams.output_folder, "curves.json")
+        history = []
+        if os.path.exists(path):  # a resumed run keeps the earlier epochs
+            with open(path) as f:
+                history = [h for h in json.load(f) if h["epoch"] < epoch]
+        history.append({"epoch": epoch, "train": self.train_stats, "valid": valid_stats})
+        with open(path, "w") as f:
+            json.dump(history, f, indent=1)
+        plot_curves(history, os.path.join(self.hparams.output_folder, "curves.png"), keys=("loss", "unit_top5"))
+
     def _write_test_outputs(self, stats):
+        """Save the attention map of one test utterance (``attention.png``)."""
         if not sb.utils.distributed.if_main_process():
             return
         folder = self.hparams.output_folder
-        with open(os.path.join(folder, "test_results.json"), "w") as f:
-            json.dump(stats, f, indent=2)
         ex = self._attention_example
         if ex is not None:
             from taste_toolkit.training.plots import plot_attention
