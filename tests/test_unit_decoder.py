@@ -7,7 +7,6 @@ import torch
 
 from taste_toolkit.errors import ConfigError, InputError
 from taste_toolkit.nn.causal_transformer import KVCache, TransformerStack
-from taste_toolkit.plugins.decoder.unit_transformer import UnitTransformerDecoder
 from taste_toolkit.registry import build
 
 VOCAB, UNITS, SPEECH, SPK = 20, 12, 8, 6

@@ -33,6 +33,7 @@ import tempfile
 
 import torch
 
+from taste_toolkit.audio import load_audio
 from taste_toolkit.errors import ConfigError, DataPreparationError, InputError
 
 logger = logging.getLogger(__name__)
@@ -62,21 +63,6 @@ def read_manifest(path):
             raise DataPreparationError(f"Manifest {path!r} lists ID {row['ID']!r} twice.")
         seen.add(row["ID"])
     return rows
-
-
-def load_audio(path, sample_rate):
-    """Mono float waveform ``(L,)`` of ``path`` at ``sample_rate`` (soundfile)."""
-    import soundfile
-    import torchaudio
-
-    try:
-        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises RuntimeError/LibsndfileError
-        raise DataPreparationError(f"Cannot read audio {path!r}: {exc}") from exc
-    wav = torch.from_numpy(data).mean(dim=1)  # downmix: average the channels
-    if rate != sample_rate:
-        wav = torchaudio.functional.resample(wav, rate, sample_rate)
-    return wav
 
 
 def _manifest_digest(path, rows):

@@ -191,6 +191,9 @@ class WhisperTapEncoder(Encoder):
 
     def _forward_unpadded(self, wavs, wav_lengths):
         mel_lengths = wav_lengths // HOP
+        # One STFT per utterance (a loop over the batch, cheap next to the encoder):
+        # the centred STFT reflects each clip at its own end, which a batched STFT over
+        # zero-padded clips would not, so the taps would depend on the batch.
         mels = [self.log_mel(w[:n]) for w, n in zip(wavs, wav_lengths.tolist())]
         feats = wavs.new_zeros(len(mels), self.n_mels, int(mel_lengths.max()))
         for i, m in enumerate(mels):  # zero padding == the conv's own zero padding

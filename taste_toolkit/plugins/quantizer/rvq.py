@@ -20,7 +20,6 @@ not do the way we need:
 """
 
 import logging
-import math
 
 import torch
 import torch.distributed as dist
