@@ -289,7 +289,14 @@ def build(kind, name, options=None, blocks=None, **extra):
                 f"Option {key!r} of {kind} plugin {name!r} must be {annotation}, "
                 f"got {value!r} ({type(value).__name__}). Accepted options: {accepted_list}."
             )
-    return cls(**options)
+    instance = cls(**options)
+    # Plain-data recipe of this instance: standalone checkpoints rebuild it from
+    # (kind, name, options) through the registry, never from pickles or YAML tags.
+    try:
+        instance.build_spec = {"kind": kind, "name": name, "options": options}
+    except AttributeError:  # objects with __slots__ cannot carry it
+        pass
+    return instance
 
 
 def _type_hints(cls):

@@ -24,6 +24,8 @@ Audio longer than the encoder window (30 s for Whisper) raises
 import logging
 import math
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -53,6 +55,18 @@ def load_whisper_model(source):
     return WhisperModel.from_pretrained(path, attn_implementation="sdpa")
 
 
+def _encoder_from_config(source):
+    """A randomly initialized ``WhisperEncoder`` with the geometry of ``source``'s config."""
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    from taste_toolkit.pretrained.ctranslate2_whisper import resolve_whisper_source
+
+    config = WhisperConfig.from_pretrained(resolve_whisper_source(source))
+    config._attn_implementation = "sdpa"
+    return WhisperEncoder(config), config
+
+
 @register("encoder", "whisper")
 class WhisperTapEncoder(Encoder):
     """Frozen Whisper encoder returning (keys = last layer, values = shallow layer).
@@ -73,6 +87,10 @@ class WhisperTapEncoder(Encoder):
         ``"unpadded"`` or ``"padded"`` (see module docstring).
     freeze : bool
         Keep the weights frozen and the module in eval mode.
+    init_weights : bool
+        Load the pretrained weights of ``source``. False builds the architecture
+        from ``source``'s ``config.json`` only, for standalone checkpoints whose
+        own weights file carries the encoder (see :meth:`export`).
 
     Example
     -------
@@ -89,13 +107,16 @@ class WhisperTapEncoder(Encoder):
         key_layer: int = -1,
         mode: str = "unpadded",
         freeze: bool = True,
+        init_weights: bool = True,
     ):
         super().__init__()
         if mode not in ("unpadded", "padded"):
             raise ConfigError(f"whisper encoder mode must be 'unpadded' or 'padded', got {mode!r}.")
-        model = load_whisper_model(source)
-        self.encoder = model.encoder
-        config = model.config
+        if init_weights:
+            model = load_whisper_model(source)
+            self.encoder, config = model.encoder, model.config
+        else:
+            self.encoder, config = _encoder_from_config(source)
         num_layers = config.encoder_layers
         if value_layer != -1 and not 0 <= value_layer <= num_layers:
             raise ConfigError(
@@ -235,6 +256,21 @@ class WhisperTapEncoder(Encoder):
             pad = ~valid[..., None]
             keys, values = keys.masked_fill(pad, 0.0), values.masked_fill(pad, 0.0)
         return EncoderOutput(keys, values, lengths, self.frame_rate)
+
+    def export(self, folder):
+        """Write what a standalone checkpoint needs to rebuild this encoder.
+
+        Only the Whisper ``config.json`` goes to ``folder``: the weights travel in
+        the checkpoint's safetensors file with every other module.
+
+        Returns
+        -------
+        dict
+            Options to rebuild with; ``"./..."`` values are paths inside ``folder``.
+        """
+        os.makedirs(folder, exist_ok=True)
+        self.encoder.config.to_json_file(os.path.join(folder, "config.json"))
+        return {"source": "./", "init_weights": False}
 
 
 def frames_for_samples(num_samples):

@@ -83,6 +83,15 @@ class SentencePieceTextTokenizer(TextTokenizer):
         self._sp = spm.SentencePieceProcessor(model_file=str(path))
         self.model_path = str(path)
 
+    def export(self, folder):
+        """Copy the trained model for a standalone checkpoint; options to reload it."""
+        import shutil
+
+        self._require_model()
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.model_path, Path(folder) / MODEL_FILE)
+        return {"model_path": "./" + MODEL_FILE}
+
     def fit(self, transcripts, save_dir):
         """Train on ``transcripts`` and load the result from ``save_dir/sentencepiece.model``.
 

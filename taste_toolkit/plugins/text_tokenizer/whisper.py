@@ -169,3 +169,8 @@ class WhisperTextTokenizer(TextTokenizer):
                   "unk_token": eot, "pad_token": eot, "clean_up_tokenization_spaces": False}
         (save_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
         return save_dir
+
+    def export(self, folder):
+        """Save the tokenizer files for a standalone checkpoint; options to reload them."""
+        self.save(folder)
+        return {"source": "./"}

@@ -1,0 +1,392 @@
+"""``TasteTokenizer``: the trained tokenizer as a product (encode, decode, edit, save, load).
+
+>>> tok = TasteTokenizer.from_pretrained("results/taste/1986/tokenizer")  # doctest: +SKIP
+>>> tokens = tok.encode(wav, 16000, "the cat sat")                      # doctest: +SKIP
+>>> tokens.codes.shape                                                   # doctest: +SKIP
+torch.Size([3, 4])
+>>> audio = tok.decode(tokens)                                           # doctest: +SKIP
+>>> audio.waveforms[0].shape, audio.sample_rate                          # doctest: +SKIP
+
+A standalone folder is built from plain data through the registry and loaded
+with safetensors (:mod:`taste_toolkit.pretrained.standalone`); it needs neither
+the training recipe nor its YAML.
+"""
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+
+from taste_toolkit import __version__
+from taste_toolkit.audio import prepare_waveform
+from taste_toolkit.errors import InputError, MissingResourceError
+from taste_toolkit.interfaces import EncoderOutput
+from taste_toolkit.models.tokenizer import SpeechTokens, TasteModel
+from taste_toolkit.pretrained.standalone import load_components, save_components
+from taste_toolkit.tokens import TasteTokens
+
+logger = logging.getLogger(__name__)
+
+MAX_SECONDS = 30.0  # the Whisper window; longer audio is refused, never cut
+
+
+@dataclass
+class DecodedSpeech:
+    """Output of :meth:`TasteTokenizer.decode`: one entry per utterance."""
+
+    units: List[torch.Tensor]
+    waveforms: Optional[List[torch.Tensor]]
+    sample_rate: Optional[int]
+
+
+def _pad(rows, value=0, dtype=None):
+    """Right-pad a list of ``(L, ...)`` tensors into ``(B, L_max, ...)`` + lengths."""
+    lengths = torch.tensor([r.shape[0] for r in rows], dtype=torch.long)
+    shape = (len(rows), int(lengths.max()) if len(rows) else 0) + tuple(rows[0].shape[1:])
+    out = torch.full(shape, value, dtype=dtype or rows[0].dtype)
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r
+    return out, lengths
+
+
+class TasteTokenizer:
+    """Encoder + aggregator + quantizer + unit decoder (+ text tokenizer, units, speaker, vocoder).
+
+    Arguments
+    ---------
+    model : TasteModel
+        The trained stage-1 model.
+    text_tokenizer : TextTokenizer
+    units : UnitExtractor, optional
+        Needed only for ``reconstruct`` evaluation helpers and vocoder fitting.
+    speaker : Speaker, optional
+        Needed when the decoder takes a speaker prefix.
+    vocoder : Vocoder, optional
+        Units -> waveform; without it ``decode`` returns units only.
+    device : str
+    """
+
+    def __init__(self, model, text_tokenizer, units=None, speaker=None, vocoder=None, device="cpu"):
+        self.model = model.to(device).eval()
+        self.text_tokenizer = text_tokenizer
+        self.units = units
+        self.speaker = speaker.to(device).eval() if speaker is not None else None
+        self.vocoder = vocoder.to(device).eval() if vocoder is not None else None
+        self.device = torch.device(device)
+        self.fingerprint = self._fingerprint()
+
+    # ------------------------------------------------------------ identity
+    def _components(self):
+        m = self.model
+        return {
+            "encoder": m.encoder if m.needs_audio else None,
+            "aggregator": m.aggregator,
+            "quantizer": m.quantizer,
+            "decoder": m.decoder,
+            "text_tokenizer": self.text_tokenizer,
+            "units": self.units,
+            "speaker": self.speaker,
+            "vocoder": self.vocoder,
+        }
+
+    def _fingerprint(self):
+        """Hash of what gives tokens their meaning: text tokenizer, aggregator and codebooks."""
+        h = hashlib.sha1()
+        for role in ("text_tokenizer", "aggregator", "quantizer"):
+            obj = self._components()[role]
+            spec = getattr(obj, "build_spec", None)
+            h.update(repr((role, spec and spec["kind"], spec and spec["name"])).encode())
+        if self.model.quantizer is not None:
+            for key, value in sorted(self.model.quantizer.state_dict().items()):
+                h.update(key.encode())
+                h.update(value.detach().cpu().contiguous().numpy().tobytes())
+        h.update(str(self.text_tokenizer.vocab_size).encode())
+        return h.hexdigest()[:16]
+
+    @property
+    def has_codes(self):
+        q = self.model.quantizer
+        return q is not None and getattr(q, "num_quantizers", 0) > 0 and self.model.aggregator.output_dim > 0
+
+    def _level(self):
+        agg = self.model.aggregator
+        if agg.output_dim == 0:
+            return "none"
+        if getattr(agg, "word_pooling", None) == "mean":
+            return "word"
+        return "frame" if getattr(agg, "needs_audio", False) and not hasattr(agg, "word_pooling") else "token"
+
+    def info(self):
+        """Plain-data summary: plugins, code geometry, parameter counts."""
+        comps = self._components()
+        params = {
+            role: sum(p.numel() for p in obj.parameters())
+            for role, obj in comps.items()
+            if isinstance(obj, torch.nn.Module)
+        }
+        q = self.model.quantizer
+        out = {
+            "plugins": {r: getattr(o, "build_spec", {}).get("name", type(o).__name__) for r, o in comps.items() if o is not None},
+            "parameters": params,
+            "fingerprint": self.fingerprint,
+            "speech_token_level": self._level(),
+            "num_quantizers": getattr(q, "num_quantizers", 0) if self.has_codes else 0,
+            "codebook_size": getattr(q, "codebook_size", 0) if self.has_codes else 0,
+            "bits_per_speech_token": float(getattr(q, "bits_per_vector", 0.0)) if self.has_codes else 0.0,
+            "vocoder_sample_rate": self.vocoder.sample_rate if self.vocoder is not None else None,
+            "toolkit_version": __version__,
+        }
+        return out
+
+    # ------------------------------------------------------------ save / load
+    def save_pretrained(self, folder):
+        """Write a standalone folder (JSON config + safetensors + tokenizer files)."""
+        save_components(folder, self._components(), metadata={
+            "quantizer_weight": float(self.model.quantizer_weight),
+            "fingerprint": self.fingerprint,
+            "toolkit_version": __version__,
+        })
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder, device="cpu"):
+        """Load a folder written by :meth:`save_pretrained` (no code is run from it)."""
+        comps, config = load_components(folder, device=device)
+        for role in ("aggregator", "quantizer", "decoder", "text_tokenizer"):
+            if comps.get(role) is None:
+                raise MissingResourceError(f"Checkpoint {folder!r} has no {role!r} component; re-export it.")
+        model = TasteModel(comps.get("encoder"), comps["aggregator"], comps["quantizer"], comps["decoder"],
+                           text_tokenizer=comps["text_tokenizer"], speaker=comps.get("speaker"),
+                           quantizer_weight=config["metadata"].get("quantizer_weight", 1.0))
+        tok = cls(model, comps["text_tokenizer"], comps.get("units"), comps.get("speaker"), comps.get("vocoder"), device)
+        saved = config["metadata"].get("fingerprint")
+        if saved and saved != tok.fingerprint:
+            raise InputError(f"Checkpoint {folder!r} is inconsistent: fingerprint {saved} in the config, "
+                             f"{tok.fingerprint} from its weights. Re-export it.")
+        return tok
+
+    # ------------------------------------------------------------ encode
+    def _tokenize_text(self, text):
+        if not isinstance(text, str):
+            raise InputError(f"text must be a string, got {type(text).__name__}.")
+        if not text.strip():
+            raise InputError("Empty transcript: TASTE tokens are aligned to text, give the words spoken.")
+        return self.text_tokenizer.encode_words(text)
+
+    @torch.no_grad()
+    def encode(self, audio, sample_rate, text, return_embeddings=False, return_alignment=False, batch_size=16):
+        """Tokenize speech with its transcript.
+
+        Arguments
+        ---------
+        audio : array or tensor, or a list of them
+            One utterance ``(S,)`` / ``(S, C)`` / ``(C, S)`` (float or int PCM), or a list.
+        sample_rate : int or list of int
+            Sample rate(s) of ``audio``; resampled to the encoder's rate, stereo downmixed.
+        text : str or list of str
+            Transcript(s).
+        return_embeddings : bool
+            Keep the quantized vectors ``(M, D)`` too.
+        return_alignment : bool
+            Keep the aggregator attention ``(N, T)``.
+        batch_size : int
+            Utterances per forward pass.
+
+        Returns
+        -------
+        TasteTokens, or a list of them for list inputs.
+
+        Raises
+        ------
+        InputError
+            Bad audio (empty, NaN/inf, unsupported shape or rate, longer than 30 s)
+            or text (empty, not a string), or mismatched list lengths.
+        """
+        single = isinstance(text, str)
+        audios, texts = ([audio], [text]) if single else (list(audio), list(text))
+        if len(audios) != len(texts):
+            raise InputError(f"Got {len(audios)} audio inputs but {len(texts)} transcripts.")
+        rates = sample_rate if isinstance(sample_rate, (list, tuple)) else [sample_rate] * len(audios)
+        if len(rates) != len(audios):
+            raise InputError(f"Got {len(rates)} sample rates for {len(audios)} audio inputs.")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}.")
+        out = []
+        for s in range(0, len(texts), batch_size):
+            out += self._encode_batch(audios[s:s + batch_size], rates[s:s + batch_size], texts[s:s + batch_size],
+                                      return_embeddings, return_alignment)
+        return out[0] if single else out
+
+    def _encode_batch(self, audios, rates, texts, return_embeddings, return_alignment):
+        target_sr = self.model.encoder.sample_rate if self.model.encoder is not None else 16000
+        wavs = [prepare_waveform(a, r, target_sr=target_sr, max_seconds=MAX_SECONDS).to(self.device)
+                for a, r in zip(audios, rates)]
+        texts_tok = [self._tokenize_text(t) for t in texts]
+        tokens, token_lengths = _pad([torch.tensor(t.ids, dtype=torch.long) for t in texts_tok])
+        word_ids, _ = _pad([torch.tensor(t.word_ids, dtype=torch.long) for t in texts_tok])
+        tokens, word_ids, token_lengths = tokens.to(self.device), word_ids.to(self.device), token_lengths.to(self.device)
+        wav, wav_lengths = _pad(wavs, 0.0)
+        wav, wav_lengths = wav.to(self.device), wav_lengths.to(self.device)
+        enc = self.model.encode_audio(wav, wav_lengths)
+        speech, _, agg = self.model.tokenize(tokens, token_lengths, word_ids, enc, need_weights=return_alignment)
+        spk = None
+        if self.model.decoder.speaker_dim:
+            if self.speaker is None:
+                raise MissingResourceError("The decoder needs a speaker vector but this tokenizer has no speaker plugin.")
+            spk = self.speaker(wav, wav_lengths)
+        frame_rate = float(self.model.encoder.frame_rate) if self.model.encoder is not None else 0.0
+        results = []
+        for i, t in enumerate(texts_tok):
+            n = int(token_lengths[i])
+            m = int(speech.lengths[i]) if speech.lengths is not None else 0
+            codes = speech.codes[i, :m].cpu() if speech.codes is not None else None
+            emb = speech.embeddings[i, :m].cpu() if speech.embeddings is not None else None
+            keep_emb = return_embeddings or (codes is None and emb is not None)
+            align = None
+            if return_alignment and agg is not None:
+                weights = agg.alignment if agg.alignment is not None else agg.attention
+                if weights is not None:
+                    align = weights[i, :n, : int(enc.lengths[i])].cpu()
+            results.append(TasteTokens(
+                text=texts[i], words=list(t.words), text_ids=tokens[i, :n].cpu(), word_ids=word_ids[i, :n].cpu(),
+                level=speech.level, codes=codes, embeddings=emb if keep_emb else None,
+                speaker=spk[i].cpu() if spk is not None else None, alignment=align, frame_rate=frame_rate,
+                duration=wavs[i].shape[0] / target_sr, fingerprint=self.fingerprint,
+            ))
+        return results
+
+    # ------------------------------------------------------------ decode
+    def _check_tokens(self, tokens):
+        if not isinstance(tokens, TasteTokens):
+            raise InputError(f"Expected TasteTokens, got {type(tokens).__name__}.")
+        if tokens.fingerprint and tokens.fingerprint != self.fingerprint:
+            raise InputError(
+                f"These tokens were made by another model or config (fingerprint {tokens.fingerprint}, "
+                f"this model {self.fingerprint}); re-tokenize the audio with this model."
+            )
+        if self.has_codes and tokens.codes is None:
+            raise InputError("This model decodes RVQ codes but the tokens have none (made by a model without a quantizer?).")
+
+    def _speech_rows(self, tokens):
+        if self.model.aggregator.output_dim == 0:
+            return None
+        if self.has_codes:
+            codes = tokens.codes.to(self.device)
+            if codes.dim() != 2 or codes.shape[1] > self.model.quantizer.num_quantizers:
+                raise InputError(f"codes must be (M, R<={self.model.quantizer.num_quantizers}), got {tuple(codes.shape)}.")
+            if codes.numel() and (codes.min() < 0 or codes.max() >= self.model.quantizer.codebook_size):
+                raise InputError(f"codes must be in [0, {self.model.quantizer.codebook_size}).")
+            return self.model.quantizer.decode(codes[None])[0]
+        if tokens.embeddings is None:
+            raise InputError("Tokens carry neither codes nor embeddings for this speech-conditioned model.")
+        return tokens.embeddings.to(self.device)
+
+    @torch.no_grad()
+    def decode_units(self, tokens, **generate_options):
+        """Generate units for one or several :class:`TasteTokens`; list of ``(S,)`` tensors."""
+        batch = [tokens] if isinstance(tokens, TasteTokens) else list(tokens)
+        for t in batch:
+            self._check_tokens(t)
+        text, text_lengths = _pad([t.text_ids for t in batch])
+        word_ids, _ = _pad([t.word_ids for t in batch])
+        text, text_lengths, word_ids = text.to(self.device), text_lengths.to(self.device), word_ids.to(self.device)
+        rows = [self._speech_rows(t) for t in batch]
+        speech_in = None
+        if rows[0] is not None:
+            emb, lengths = _pad(rows, 0.0)
+            level = batch[0].level
+            if any(t.level != level for t in batch):
+                raise InputError("All tokens of a batch must have the same level.")
+            expected = [int(t.word_ids.max()) + 1 if level == "word" else t.text_ids.numel() for t in batch]
+            if lengths.tolist() != expected:
+                raise InputError(f"Speech tokens per utterance {lengths.tolist()} do not match the text ({expected} {level}s).")
+            speech_in = SpeechTokens(emb.to(self.device), None, lengths.to(self.device), level)
+        dec_speech, dec_lengths = (None, None)
+        if speech_in is not None:
+            dec_speech, dec_lengths = self.model.speech_for_decoder(speech_in, word_ids, text_lengths)
+        spk = None
+        if self.model.decoder.speaker_dim:
+            if any(t.speaker is None for t in batch):
+                raise InputError("This decoder needs the tokens' speaker vector; encode with this model.")
+            spk = torch.stack([t.speaker for t in batch]).to(self.device)
+        units, lengths = self.model.decoder.generate(text, text_lengths, dec_speech, dec_lengths, spk, **generate_options)
+        return [units[i, : int(lengths[i])].cpu() for i in range(len(batch))]
+
+    @torch.no_grad()
+    def vocode(self, units):
+        """Waveforms ``[(L,)]`` at ``self.vocoder.sample_rate`` from unit sequences."""
+        if self.vocoder is None:
+            raise MissingResourceError("This tokenizer has no vocoder; attach one (e.g. griffin_lim) to get audio.")
+        batch, lengths = _pad([u.long() for u in units], 0)
+        wavs, wav_lengths = self.vocoder(batch.to(self.device), lengths.to(self.device))
+        return [wavs[i, : int(wav_lengths[i])].cpu() for i in range(len(units))]
+
+    def decode(self, tokens, **generate_options):
+        """Tokens -> units -> waveforms. ``generate_options`` go to the decoder's ``generate``."""
+        units = self.decode_units(tokens, **generate_options)
+        wavs = self.vocode(units) if self.vocoder is not None else None
+        return DecodedSpeech(units, wavs, self.vocoder.sample_rate if self.vocoder is not None else None)
+
+    def reconstruct(self, audio, sample_rate, text, **generate_options):
+        """``decode(encode(audio, text))``."""
+        tokens = self.encode(audio, sample_rate, text)
+        return self.decode(tokens, **generate_options)
+
+    # ------------------------------------------------------------ edit
+    def edit(self, tokens_a, tokens_b, words):
+        """Give the chosen words of ``tokens_a`` the speech tokens of ``tokens_b``.
+
+        Arguments
+        ---------
+        tokens_a, tokens_b : TasteTokens
+            Two utterances of the same transcript, made by this model.
+        words : list of int or str
+            Word indices, or words (every occurrence is swapped).
+
+        Returns
+        -------
+        TasteTokens
+            A copy of ``tokens_a`` whose chosen words carry ``tokens_b``'s tokens.
+        """
+        for t in (tokens_a, tokens_b):
+            self._check_tokens(t)
+        if tokens_a.words != tokens_b.words:
+            raise InputError("Editing swaps tokens between two utterances of the same transcript; "
+                             f"got {' '.join(tokens_a.words)!r} and {' '.join(tokens_b.words)!r}.")
+        if tokens_a.level not in ("word", "token"):
+            raise InputError(f"Cannot edit {tokens_a.level!r}-level tokens (text-only model?).")
+        indices = set()
+        for w in words:
+            if isinstance(w, str):
+                hits = [i for i, x in enumerate(tokens_a.words) if x == w.lower()]
+                if not hits:
+                    raise InputError(f"Word {w!r} is not in the transcript {tokens_a.words}.")
+                indices.update(hits)
+            elif isinstance(w, int) and 0 <= w < len(tokens_a.words):
+                indices.add(w)
+            else:
+                raise InputError(f"Word index {w!r} is outside 0..{len(tokens_a.words) - 1}.")
+        if tokens_a.level == "word":
+            rows = sorted(indices)
+        else:
+            rows = [i for i, w in enumerate(tokens_a.word_ids.tolist()) if w in indices]
+        out = TasteTokens(**{**tokens_a.__dict__})
+        for name in ("codes", "embeddings"):
+            a, b = getattr(tokens_a, name), getattr(tokens_b, name)
+            if a is not None and b is not None:
+                new = a.clone()
+                new[rows] = b[rows]
+                setattr(out, name, new)
+            elif a is not None:
+                setattr(out, name, None if name == "embeddings" else a)
+        out.alignment = None
+        out.extra = {**tokens_a.extra, "edited_words": sorted(indices)}
+        return out
+
+    # ------------------------------------------------------------ batch helpers
+    @torch.no_grad()
+    def encoder_output(self, wav, wav_lengths) -> Optional[EncoderOutput]:
+        """The encoder taps for padded ``wav (B, S)`` (for analysis)."""
+        return self.model.encode_audio(wav.to(self.device), wav_lengths.to(self.device))

@@ -1,0 +1,223 @@
+"""Standalone checkpoints: plain data + safetensors, rebuilt through the registry.
+
+A checkpoint is one folder::
+
+    taste_config.json        format, version, and per component: kind, name, options
+    model.safetensors        every module's weights, keys prefixed by component role
+    <role>/...               files a component exported (tokenizer files, configs)
+
+Loading never runs code from the folder: the config is JSON (no hyperpyyaml tags
+are evaluated; a value that looks like one is refused), components are built by
+registry name from *installed* plugins only (no ``plugin_modules`` import), and
+weights are read with safetensors only (pickle files are refused). Training YAMLs,
+in contrast, are code: only run YAML files you trust.
+
+Export hook: a component may define ``export(folder) -> dict`` that writes its
+files into ``folder`` and returns option overrides; override values starting with
+``"./"`` are paths inside that folder and are resolved again at load time.
+"""
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from taste_toolkit import registry
+from taste_toolkit.errors import ConfigError, InputError, MissingResourceError
+from taste_toolkit.utils import atomic_write
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "taste-toolkit/standalone"
+FORMAT_VERSION = 1
+CONFIG_FILE = "taste_config.json"
+WEIGHTS_FILE = "model.safetensors"
+#: hyperpyyaml tags: meaningful (executable) in training YAMLs, never in checkpoints.
+_YAML_TAGS = ("!new:", "!apply:", "!name:", "!ref", "!copy", "!include:", "!tuple", "!module:", "!PLACEHOLDER")
+_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+
+
+def _check_plain(value, where):
+    """Raise ConfigError unless ``value`` is JSON-able plain data without YAML tags."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"{where}: option keys must be strings, got {k!r}.")
+            _check_plain(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+    elif isinstance(value, str):
+        if value.lstrip().startswith(_YAML_TAGS):
+            raise ConfigError(
+                f"{where} = {value!r} is a hyperpyyaml tag; standalone checkpoints hold plain data "
+                "only and never evaluate tags. Re-export the checkpoint with save_pretrained."
+            )
+    elif value is not None and not isinstance(value, (bool, int, float)):
+        raise ConfigError(
+            f"{where} = {value!r} ({type(value).__name__}) is not plain data (str, number, bool, "
+            "list, dict); plugin options must be plain data to be saved."
+        )
+
+
+def _state_dict(module):
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def save_components(folder, components, metadata=None):
+    """Write ``components`` (role -> plugin built by ``registry.build``, or None).
+
+    Arguments
+    ---------
+    folder : str or Path
+        Output folder (created; existing checkpoint files are replaced).
+    components : dict
+        ``{role: plugin}``. Every plugin must have been built through
+        :func:`taste_toolkit.registry.build` (it carries ``build_spec``).
+    metadata : dict, optional
+        Extra plain data stored under ``"metadata"``.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"format": FORMAT, "version": FORMAT_VERSION, "components": {}, "metadata": metadata or {}}
+    tensors = {}
+    for role, obj in components.items():
+        if obj is None:
+            config["components"][role] = None
+            continue
+        spec = getattr(obj, "build_spec", None)
+        if spec is None:
+            raise ConfigError(
+                f"Component {role!r} ({type(obj).__name__}) was not built by taste_toolkit.registry.build, "
+                "so it cannot be rebuilt from plain data; build it through the registry (YAML: "
+                "!apply:taste_toolkit.registry.build)."
+            )
+        options = dict(spec["options"])
+        if hasattr(obj, "export"):
+            options.update(obj.export(str(folder / role)))
+        _check_plain(options, f"{role} options")
+        config["components"][role] = {"kind": spec["kind"], "name": spec["name"], "options": options}
+        if isinstance(obj, torch.nn.Module):
+            tensors.update({f"{role}.{k}": v for k, v in _state_dict(obj).items()})
+    _check_plain(config["metadata"], "metadata")
+    # Tied weights share storage, which safetensors refuses: store copies.
+    seen, payload = set(), {}
+    for key, value in tensors.items():
+        ptr = value.untyped_storage().data_ptr() if value.numel() else None
+        payload[key] = value.clone() if ptr in seen else value
+        if ptr is not None:
+            seen.add(ptr)
+    tmp = folder / (WEIGHTS_FILE + ".tmp")
+    save_file(payload, str(tmp), metadata={"format": FORMAT})
+    os.replace(tmp, folder / WEIGHTS_FILE)
+    config["weights_bytes"] = (folder / WEIGHTS_FILE).stat().st_size
+    # The config goes last: a folder without it is an unfinished save.
+    with atomic_write(folder / CONFIG_FILE) as f:
+        f.write(json.dumps(config, indent=2, sort_keys=True))
+    return folder
+
+
+def read_config(folder):
+    """Read and validate ``taste_config.json`` of a checkpoint folder (no building)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MissingResourceError(f"Checkpoint folder {str(folder)!r} does not exist.")
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+        hint = (
+            f" It holds pickle files ({', '.join(pickles[:3])}), which are never loaded because "
+            "unpickling can run code; export the model with TasteTokenizer.save_pretrained."
+            if pickles else " Save one with TasteTokenizer.save_pretrained (or the recipe's export)."
+        )
+        raise MissingResourceError(f"{str(folder)!r} is not a standalone TASTE checkpoint: no {CONFIG_FILE}.{hint}")
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); the checkpoint is corrupt, re-export it.") from exc
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise InputError(f"{path} is not a {FORMAT} config (format={config.get('format') if isinstance(config, dict) else None!r}).")
+    version = config.get("version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise InputError(
+            f"{path} has format version {version!r}; this taste-toolkit reads version <= {FORMAT_VERSION}. "
+            "Upgrade taste-toolkit."
+        )
+    components = config.get("components")
+    if not isinstance(components, dict):
+        raise InputError(f"{path} has no 'components' mapping.")
+    for role, spec in components.items():
+        if spec is None:
+            continue
+        if not isinstance(spec, dict) or not {"kind", "name", "options"} <= set(spec):
+            raise InputError(f"{path}: component {role!r} needs kind, name and options, got {spec!r}.")
+        _check_plain(spec["options"], f"{role} options")
+    _check_plain(config.get("metadata", {}), "metadata")
+    return config
+
+
+def _resolve_paths(options, folder):
+    return {
+        k: str(folder / v[2:]) if isinstance(v, str) and v.startswith("./") else v for k, v in options.items()
+    }
+
+
+def load_components(folder, device="cpu"):
+    """Rebuild every component of a checkpoint and load its weights.
+
+    Returns
+    -------
+    components : dict
+        ``{role: plugin or None}``, modules in eval mode on ``device``.
+    config : dict
+        The validated ``taste_config.json``.
+
+    Raises
+    ------
+    MissingResourceError
+        Missing folder, config or weights, or a plugin that is not installed.
+    InputError
+        Corrupt or partial files, a newer format version, weights that do not match.
+    ConfigError
+        YAML tags or non-plain values in the config.
+    """
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config = read_config(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise MissingResourceError(f"{weights} is missing: the checkpoint is partial; re-export it.")
+    expected = config.get("weights_bytes")
+    if expected is not None and weights.stat().st_size != expected:
+        raise InputError(
+            f"{weights} has {weights.stat().st_size} bytes, the config says {expected}: the checkpoint "
+            "is partial or was modified; re-export or re-copy it."
+        )
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{weights} cannot be read as safetensors ({exc}); re-export the checkpoint.") from exc
+    registry.load_entry_points()  # installed third-party plugins; never modules named by the folder
+    components = {}
+    for role, spec in config["components"].items():
+        if spec is None:
+            components[role] = None
+            continue
+        options = _resolve_paths(spec["options"], folder / role)
+        obj = registry.build(spec["kind"], spec["name"], options)
+        if isinstance(obj, torch.nn.Module):
+            prefix = role + "."
+            own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            try:
+                obj.load_state_dict(own, strict=True)
+            except RuntimeError as exc:
+                raise InputError(f"Weights of {role!r} in {weights} do not match its config: {exc}") from exc
+            obj.to(device).eval()
+        components[role] = obj
+    return components, config
