@@ -59,14 +59,21 @@ class AggregatorOutput:
     level : str
         ``"token"``, ``"word"`` or ``"frame"``.
     attention : torch.Tensor, optional
-        ``(B, N, T)`` cross-attention of the last layer, averaged over heads,
-        text tokens x encoder frames (for plots and alignment).
+        ``(B, N, T)`` cross-attention averaged over the alignment heads (by default
+        the last layer's),
+        text tokens x encoder frames: what each token's vector pooled (plots).
+    alignment : torch.Tensor, optional
+        ``(B, N, T)`` attention that locates each token in time (for word
+        timestamps). Usually ``attention``; for Whisper-initialized aggregators the
+        rows are shifted by one, since Whisper's query at a position attends to the
+        audio of the *next* token.
     """
 
     embeddings: torch.Tensor
     lengths: torch.Tensor
     level: str
     attention: Optional[torch.Tensor] = None
+    alignment: Optional[torch.Tensor] = None
 
 
 @dataclass

@@ -7,7 +7,7 @@ One output vector per text token; with ``word_pooling: mean`` the vectors of a
 word's sub-words are averaged into one vector per word (the official setting).
 
 Attention uses PyTorch SDPA; when attention weights are asked for (plots,
-alignment) the last layer's cross-attention is computed explicitly instead.
+alignment) the layers holding the alignment heads are computed explicitly instead.
 """
 
 import logging
@@ -116,6 +116,21 @@ def word_mean_pool(x, word_ids, token_lengths):
     return sums / counts.clamp(min=1)[..., None], word_lengths
 
 
+def _whisper_alignment_heads(source, num_layers):
+    """Whisper's ``alignment_heads`` (layer, head) within the first ``num_layers`` layers."""
+    import json
+    import os
+
+    from taste_toolkit.pretrained.ctranslate2_whisper import resolve_whisper_source
+
+    path = os.path.join(resolve_whisper_source(source), "generation_config.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        heads = json.load(f).get("alignment_heads") or []
+    return [[int(l), int(h)] for l, h in heads if l < num_layers]
+
+
 @register("aggregator", "cross_attention")
 class CrossAttentionAggregator(Aggregator):
     """Text-queried cross-attention over encoder frames (K = deep tap, V = shallow tap).
@@ -150,6 +165,11 @@ class CrossAttentionAggregator(Aggregator):
     use_whisper_prompt : bool
         With ``init_from_whisper``, prepend Whisper's transcription prompt (needs the
         tokenizer files next to the model). False = weights only, no prompt.
+    alignment_heads : list of [layer, head]
+        Cross-attention heads whose average is returned as the alignment when
+        weights are asked for. Empty = Whisper's own ``alignment_heads`` (from its
+        ``generation_config.json``) with ``init_from_whisper``, else every head of
+        the last layer.
     """
 
     def __init__(
@@ -168,6 +188,7 @@ class CrossAttentionAggregator(Aggregator):
         init_from_whisper: str = "",
         freeze_embeddings: bool = False,
         use_whisper_prompt: bool = True,
+        alignment_heads: list = (),
     ):
         super().__init__()
         if word_pooling not in ("mean", "none"):
@@ -184,8 +205,14 @@ class CrossAttentionAggregator(Aggregator):
         )
         self.layer_norm = nn.LayerNorm(self.d_model)
         self.register_buffer("prefix_ids", torch.zeros(0, dtype=torch.long))
+        self.alignment_heads = [[int(l), int(h)] for l, h in alignment_heads]
         if init_from_whisper:
             self._init_from_whisper(init_from_whisper, num_layers, use_whisper_prompt)
+            if not self.alignment_heads:
+                self.alignment_heads = _whisper_alignment_heads(init_from_whisper, num_layers)
+        bad = [[l, h] for l, h in self.alignment_heads if not (0 <= l < num_layers and 0 <= h < num_heads)]
+        if bad:
+            raise ConfigError(f"alignment_heads {bad} are outside {num_layers} layers x {num_heads} heads.")
         if value_identity_init:
             self._identity_values()
         if freeze_embeddings:
@@ -240,6 +267,18 @@ class CrossAttentionAggregator(Aggregator):
         prefix = [i for i in tok.prefix_tokens if i != no_ts] + [no_ts]
         self.prefix_ids = torch.tensor(prefix, dtype=torch.long)
 
+    def export(self, folder):
+        """Options for a standalone checkpoint: the weights (and the Whisper prompt
+        ids, a buffer) are in the checkpoint, so nothing is re-read from Whisper."""
+        return {"init_from_whisper": "", "alignment_heads": self.alignment_heads}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The prompt length depends on the Whisper it came from: take the saved one.
+        key = prefix + "prefix_ids"
+        if key in state_dict:
+            self.prefix_ids = torch.zeros_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def output_dim(self):
         return self.d_model
@@ -266,14 +305,24 @@ class CrossAttentionAggregator(Aggregator):
         causal = torch.ones(p + n, p + n, dtype=torch.bool, device=x.device).tril()[None, None]
         t = encoder_out.keys.shape[1]
         frame_mask = (torch.arange(t, device=x.device)[None] < encoder_out.lengths[:, None].to(x.device))[:, None, None, :]
-        weights = None
+        heads = self.alignment_heads or [[len(self.layers) - 1, h] for h in range(self.layers[-1].encoder_attn.num_heads)]
+        picked = []
         for i, layer in enumerate(self.layers):
-            last = i == len(self.layers) - 1
-            x, weights = layer(x, causal, encoder_out.keys, encoder_out.values, frame_mask, need_weights and last)
+            want = need_weights and any(l == i for l, _ in heads)
+            x, weights = layer(x, causal, encoder_out.keys, encoder_out.values, frame_mask, want)
+            if want:
+                picked += [weights[:, h] for l, h in heads if l == i]
         x = self.layer_norm(x)[:, p:]
-        attention = weights.mean(1)[:, p:] if weights is not None else None
+        attention = alignment = None
+        if picked:
+            full = torch.stack(picked).mean(0)  # (B, p + n, T)
+            attention = full[:, p:]
+            # Whisper's query at position i predicts token i + 1, so the audio of
+            # token i is attended from the previous position (the prompt's last
+            # token for the first word), as in Whisper's word timestamps.
+            alignment = full[:, p - 1 : p - 1 + n] if p > 0 else attention
         if self.word_pooling == "mean":
             pooled, lengths = word_mean_pool(x, word_ids, token_lengths)
-            return AggregatorOutput(pooled, lengths, "word", attention)
+            return AggregatorOutput(pooled, lengths, "word", attention, alignment)
         x = x * (torch.arange(n, device=x.device)[None] < token_lengths[:, None])[..., None]
-        return AggregatorOutput(x, token_lengths, "token", attention)
+        return AggregatorOutput(x, token_lengths, "token", attention, alignment)
