@@ -30,6 +30,7 @@ from librispeech_prepare import prepare_librispeech  # noqa: E402
 from taste_toolkit.hparams_loader import load_hparams  # noqa: E402
 from taste_toolkit.data.unit_cache import load_units, prepare_units  # noqa: E402
 from taste_toolkit.training.data import build_datasets, compute_speaker_vectors  # noqa: E402
+from taste_toolkit.training.export import export_tokenizer  # noqa: E402
 from taste_toolkit.training.tokenizer_brain import TasteTokenizerBrain  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -139,6 +140,10 @@ def main():
             json.dump(results, f, indent=2)
         for split, stats in results.items():
             print(f"[{split}] " + "  ".join(f"{k}={v}" for k, v in stats.items() if not k.startswith("rvq_")))
+        # The best checkpoint is loaded (evaluate used min_key="loss"): ship it.
+        if hparams.get("export_folder"):
+            export_tokenizer(hparams, hparams["export_folder"])
+            print(f"Standalone tokenizer: {hparams['export_folder']} (load with TasteTokenizer.from_pretrained)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Export a trained run as a standalone tokenizer folder (``TasteTokenizer.from_pretrained``).
+
+``train.py`` exports automatically at the end (``export_folder``); this script does it
+for an earlier or interrupted run, from its saved ``hyperparams.yaml``::
+
+    python recipes/librispeech/export.py results/taste/1986/hyperparams.yaml
+    python recipes/librispeech/export.py results/taste/1986/hyperparams.yaml --output /tmp/tok --vocoder griffin_lim
+
+The best checkpoint by dev loss is loaded; the data preparation steps are the
+recipe's own and are all cached, so they only reload the fitted text tokenizer
+and unit extractor.
+"""
+
+import argparse
+import os
+import sys
+
+import speechbrain as sb
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train import fit_text_tokenizer, prepare_corpus  # noqa: E402
+
+from taste_toolkit.data.unit_cache import prepare_units  # noqa: E402
+from taste_toolkit.errors import MissingResourceError  # noqa: E402
+from taste_toolkit.hparams_loader import load_hparams  # noqa: E402
+from taste_toolkit.training.export import export_tokenizer  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output", default="", help="export folder (default: the YAML's export_folder, "
+                        "else <output_folder>/tokenizer)")
+    parser.add_argument("--vocoder", default=None, help="vocoder to ship (default: the YAML's vocoder_name, "
+                        "else griffin_lim); 'none' for units only")
+    args, rest = parser.parse_known_args()
+    hparams_file, _, overrides = sb.parse_arguments(rest)
+    hparams, _, _ = load_hparams(hparams_file, overrides)
+    if args.vocoder is not None or "vocoder_name" not in hparams:
+        hparams["vocoder_name"] = "" if args.vocoder == "none" else (args.vocoder or "griffin_lim")
+    if args.output:
+        hparams["export_folder"] = args.output
+    manifests, train = prepare_corpus(hparams)
+    fit_text_tokenizer(hparams, manifests, train)
+    splits = {s: manifests[s] for s in [train] + hparams["dev_splits"] + hparams["test_splits"]}
+    prepare_units(extractor=hparams["units"], manifests=splits,
+                  cache_dir=os.path.join(hparams["prep_folder"], "units"), fit_split=train)
+    if hparams["checkpointer"].recover_if_possible(min_key="loss") is None:
+        raise MissingResourceError(f"No checkpoint in {hparams['save_folder']}: train first.")
+    folder = hparams.get("export_folder") or os.path.join(hparams["output_folder"], "tokenizer")
+    export_tokenizer(hparams, folder)
+    print(f"Standalone tokenizer: {folder}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Export a trained recipe model as a standalone ``TasteTokenizer`` folder."""
+
+import logging
+
+from taste_toolkit.api import TasteTokenizer
+from taste_toolkit.registry import build
+
+logger = logging.getLogger(__name__)
+
+
+def build_vocoder(name, options, units):
+    """The vocoder to ship with the tokenizer, or None.
+
+    ``griffin_lim`` is derived from the fitted unit extractor's table (no training);
+    any other registered vocoder is built from ``options`` (its weights must come
+    with it, e.g. ``unit_hifigan`` trained by ``train_vocoder.py``).
+    """
+    if not name:
+        return None
+    if name == "griffin_lim":
+        from taste_toolkit.plugins.vocoder.griffin_lim import GriffinLimVocoder
+
+        return GriffinLimVocoder.from_units_extractor(units, **(options or {}))
+    return build("vocoder", name, options or {})
+
+
+def export_tokenizer(hparams, folder):
+    """Save the recipe's model (as currently loaded) + text tokenizer, units, speaker, vocoder."""
+    vocoder = build_vocoder(hparams.get("vocoder_name", ""), hparams.get("vocoder_options", {}), hparams["units"])
+    tokenizer = TasteTokenizer(hparams["model"], hparams["text_tokenizer"], hparams["units"], hparams["speaker"], vocoder)
+    tokenizer.save_pretrained(folder)
+    logger.info("Standalone tokenizer written to %s (fingerprint %s)", folder, tokenizer.fingerprint)
+    return tokenizer
