@@ -15,6 +15,18 @@ Examples
     Every registered quantizer with its options and defaults.
 ``taste make-corpus --root results/synthetic_corpus --num-speakers 4``
     Synthesize the embedded espeak-ng corpus.
+``taste tokenize --model results/taste/1986/tokenizer --manifest test.csv --output tok.jsonl``
+    Tokenize a manifest (or ``--folder DIR``) into JSONL; rerun to resume. Under
+    torchrun each rank writes ``tok.jsonl.rank<N>``; ``taste tokenize --merge tok.jsonl
+    --manifest test.csv`` merges them in manifest order.
+``taste resynthesize --model DIR --audio a.wav --text "the cat sat" --output out.wav``
+    Audio + transcript -> tokens -> audio (needs a tokenizer exported with a vocoder).
+``taste edit --model DIR --audio-a a.wav --audio-b b.wav --text "the cat sat" --words 1 --output out.wav``
+    Give word 1 of ``a.wav`` the speech tokens of ``b.wav`` and decode.
+``taste align --model DIR --audio a.wav --text "the cat sat" --plot att.png``
+    Word timestamps from the aggregator's attention.
+``taste info --model DIR --audio a.wav --text "the cat sat"``
+    Plugins, code geometry, parameters, and the token rate / bitrate on a sample.
 """
 
 import argparse
@@ -23,6 +35,7 @@ import logging
 import os
 import sys
 
+from taste_toolkit import commands
 from taste_toolkit.errors import TasteError
 
 # ---------------------------------------------------------------------- plugins
@@ -128,6 +141,11 @@ def run_make_corpus(args):
 SUBCOMMANDS = {
     "plugins": (configure_plugins, run_plugins),
     "make-corpus": (configure_make_corpus, run_make_corpus),
+    "tokenize": (commands.configure_tokenize, commands.run_tokenize),
+    "resynthesize": (commands.configure_resynthesize, commands.run_resynthesize),
+    "edit": (commands.configure_edit, commands.run_edit),
+    "align": (commands.configure_align, commands.run_align),
+    "info": (commands.configure_info, commands.run_info),
 }
 
 
