@@ -93,3 +93,50 @@ def _waveforms(lengths, seed=0, sample_rate=16000):
 def make_wavs():
     """``make_wavs(lengths, seed=0) -> (wavs (B, S), wav_lengths (B,))``."""
     return _waveforms
+
+
+def build_tiny_taste_model(whisper_dir, transcripts, sp_dir, seed=0, text_only=False, num_units=20,
+                           sp_options=None):
+    """A tiny random ``TasteModel`` and its fitted SentencePiece tokenizer, built through the registry.
+
+    Every component is built by ``registry.build`` (so it can be saved standalone);
+    the RVQ codebooks get their k-means initialisation from one training pass with
+    quantizer dropout off, so every layer holds real codes.
+
+    Returns
+    -------
+    (TasteModel, TextTokenizer)
+    """
+    from taste_toolkit.models.tokenizer import TasteModel
+    from taste_toolkit.registry import build
+
+    torch.manual_seed(seed)
+    sp = {"vocab_size": 40, "byte_fallback": False, "model_type": "char", **(sp_options or {})}
+    text_tok = build("text_tokenizer", "sentencepiece", sp)
+    text_tok.fit(list(transcripts), str(sp_dir))
+    vocab = text_tok.vocab_size
+    encoder = build("encoder", "whisper", {"source": whisper_dir, "value_layer": 2})
+    if text_only:
+        agg = build("aggregator", "none", {})
+        quantizer = build("quantizer", "identity", {"input_dim": 0})
+    else:
+        agg = build("aggregator", "cross_attention", {"d_model": 32, "num_layers": 1, "num_heads": 4, "ffn_dim": 64,
+                                                      "max_positions": 64, "value_identity_init": False},
+                    vocab_size=vocab, key_dim=64, value_dim=64)
+        quantizer = build("quantizer", "rvq", {"num_quantizers": 2, "codebook_size": 16, "codebook_dim": 8,
+                                               "kmeans_iters": 3, "quantize_dropout": False}, input_dim=32)
+    decoder = build("decoder", "unit_transformer", {"d_model": 32, "num_layers": 1, "num_heads": 4, "ffn_dim": 64,
+                                                    "dropout": 0.0}, vocab_size=vocab, num_units=num_units,
+                    speech_dim=agg.output_dim)
+    model = TasteModel(encoder, agg, quantizer, decoder, text_tokenizer=text_tok)
+    if not text_only:
+        torch.manual_seed(seed)
+        quantizer.train()(torch.randn(1, 40, 32), torch.tensor([40]))
+        assert quantizer.initialised
+    return model, text_tok
+
+
+@pytest.fixture(scope="session")
+def tiny_taste_model():
+    """Factory: :func:`build_tiny_taste_model` (tests call it with their own transcripts)."""
+    return build_tiny_taste_model

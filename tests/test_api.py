@@ -10,9 +10,7 @@ import torch
 
 from taste_toolkit.api import TasteTokenizer
 from taste_toolkit.errors import ConfigError, InputError, MissingResourceError, PluginNotFoundError
-from taste_toolkit.models.tokenizer import TasteModel
 from taste_toolkit.pretrained.standalone import CONFIG_FILE, WEIGHTS_FILE
-from taste_toolkit.registry import build
 from taste_toolkit.tokens import TasteTokens
 
 SR = 16000
@@ -25,37 +23,14 @@ def _wav(seconds, seed):
     return (0.3 * torch.sin(2 * torch.pi * (150 + 50 * seed) * t) + 0.02 * torch.randn(t.shape, generator=g)).numpy()
 
 
-def _make(tiny_whisper_dir, tmp_path_factory, text_only=False, seed=0):
-    torch.manual_seed(seed)
-    text_tok = build("text_tokenizer", "sentencepiece", {"vocab_size": 40, "byte_fallback": False, "model_type": "char"})
-    text_tok.fit(TEXTS * 5, str(tmp_path_factory.mktemp("sp")))
-    vocab = text_tok.vocab_size
-    encoder = build("encoder", "whisper", {"source": tiny_whisper_dir, "value_layer": 2})
-    if text_only:
-        agg = build("aggregator", "none", {})
-    else:
-        agg = build("aggregator", "cross_attention", {"d_model": 32, "num_layers": 1, "num_heads": 4, "ffn_dim": 64,
-                                                      "max_positions": 64, "value_identity_init": False},
-                    vocab_size=vocab, key_dim=64, value_dim=64)
-    if text_only:
-        quantizer = build("quantizer", "identity", {"input_dim": 0})
-    else:
-        quantizer = build("quantizer", "rvq", {"num_quantizers": 2, "codebook_size": 16, "codebook_dim": 8,
-                                               "kmeans_iters": 3, "quantize_dropout": False}, input_dim=32)
-    decoder = build("decoder", "unit_transformer", {"d_model": 32, "num_layers": 1, "num_heads": 4, "ffn_dim": 64,
-                                                    "dropout": 0.0}, vocab_size=vocab, num_units=20,
-                    speech_dim=agg.output_dim)
-    model = TasteModel(encoder, agg, quantizer, decoder, text_tokenizer=text_tok)
-    if not text_only:  # RVQ codebooks start with k-means on the first training batch
-        torch.manual_seed(seed)
-        quantizer.train()(torch.randn(1, 40, 32), torch.tensor([40]))
-        assert quantizer.initialised
+def _make(factory, whisper_dir, tmp_path_factory, text_only=False, seed=0):
+    model, text_tok = factory(whisper_dir, TEXTS * 5, tmp_path_factory.mktemp("sp"), seed=seed, text_only=text_only)
     return TasteTokenizer(model, text_tok)
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_whisper_dir, tmp_path_factory):
-    return _make(tiny_whisper_dir, tmp_path_factory)
+def tokenizer(tiny_taste_model, tiny_whisper_dir, tmp_path_factory):
+    return _make(tiny_taste_model, tiny_whisper_dir, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +92,12 @@ def test_resampling_stereo_int_and_bad_inputs(tokenizer):
         tokenizer.encode([wav, wav], SR, ["one text"])
 
 
-def test_tokens_dict_round_trip_and_foreign_tokens(tokenizer, tiny_whisper_dir, tmp_path_factory):
+def test_tokens_dict_round_trip_and_foreign_tokens(tokenizer, tiny_taste_model, tiny_whisper_dir, tmp_path_factory):
     tokens = tokenizer.encode(_wav(1.2, 4), SR, TEXTS[1])
     back = TasteTokens.from_dict(json.loads(json.dumps(tokens.to_dict())))
     assert torch.equal(back.codes, tokens.codes) and back.words == tokens.words
     assert torch.equal(tokenizer.decode_units(back)[0], tokenizer.decode_units(tokens)[0])
-    other = _make(tiny_whisper_dir, tmp_path_factory, seed=7)
+    other = _make(tiny_taste_model, tiny_whisper_dir, tmp_path_factory, seed=7)
     assert other.fingerprint != tokenizer.fingerprint
     with pytest.raises(InputError, match="another model"):
         other.decode_units(tokens)
@@ -149,8 +124,8 @@ def test_edit_swaps_chosen_words(tokenizer):
         tokenizer.edit(a, b, ["zebra"])
 
 
-def test_text_only_round_trip(tiny_whisper_dir, tmp_path_factory):
-    tok = _make(tiny_whisper_dir, tmp_path_factory, text_only=True)
+def test_text_only_round_trip(tiny_taste_model, tiny_whisper_dir, tmp_path_factory):
+    tok = _make(tiny_taste_model, tiny_whisper_dir, tmp_path_factory, text_only=True)
     folder = tmp_path_factory.mktemp("textonly") / "tok"
     tok.save_pretrained(folder)
     config = json.loads((folder / CONFIG_FILE).read_text())

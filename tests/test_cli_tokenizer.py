@@ -13,7 +13,6 @@ from taste_toolkit.alignment import word_timestamps
 from taste_toolkit.api import TasteTokenizer
 from taste_toolkit.commands.speech import parse_words
 from taste_toolkit.errors import InputError
-from taste_toolkit.models.tokenizer import TasteModel
 from taste_toolkit.registry import build
 from taste_toolkit.tokens import TasteTokens
 
@@ -22,26 +21,9 @@ TEXTS = ["the cat sat on the mat", "a dog ran far away", "hello world again", "t
 VERBS = ["tokenize", "resynthesize", "edit", "align", "info"]
 
 
-def _tokenizer(whisper_dir, sp_dir, seed=0, vocoder=True):
-    """Tiny random TASTE tokenizer (as in test_api) with a griffin_lim vocoder over its 20 units."""
-    torch.manual_seed(seed)
-    text_tok = build("text_tokenizer", "sentencepiece",
-                     {"vocab_size": 40, "byte_fallback": False, "model_type": "char"})
-    text_tok.fit(TEXTS * 5, str(sp_dir))
-    vocab = text_tok.vocab_size
-    encoder = build("encoder", "whisper", {"source": whisper_dir, "value_layer": 2})
-    agg = build("aggregator", "cross_attention", {"d_model": 32, "num_layers": 1, "num_heads": 4, "ffn_dim": 64,
-                                                  "max_positions": 64, "value_identity_init": False},
-                vocab_size=vocab, key_dim=64, value_dim=64)
-    quantizer = build("quantizer", "rvq", {"num_quantizers": 2, "codebook_size": 16, "codebook_dim": 8,
-                                           "kmeans_iters": 3, "quantize_dropout": False}, input_dim=32)
-    decoder = build("decoder", "unit_transformer", {"d_model": 32, "num_layers": 1, "num_heads": 4, "ffn_dim": 64,
-                                                    "dropout": 0.0}, vocab_size=vocab, num_units=20,
-                    speech_dim=agg.output_dim)
-    model = TasteModel(encoder, agg, quantizer, decoder, text_tokenizer=text_tok)
-    torch.manual_seed(seed)  # RVQ codebooks: k-means on a first batch (no dropout, so every layer)
-    quantizer.train()(torch.randn(1, 40, 32), torch.tensor([40]))
-    assert quantizer.initialised
+def _tokenizer(factory, whisper_dir, sp_dir, seed=0, vocoder=True):
+    """Tiny random TASTE tokenizer (conftest factory) with a griffin_lim vocoder over its 20 units."""
+    model, text_tok = factory(whisper_dir, TEXTS * 5, sp_dir, seed=seed)
     voc = None
     if vocoder:
         voc = build("vocoder", "griffin_lim", {"num_units": 20, "n_mels": 16, "stack": 1, "n_fft": 256,
@@ -57,13 +39,13 @@ def _wav(seconds, seed):
 
 
 @pytest.fixture(scope="module")
-def models(tiny_whisper_dir, tmp_path_factory):
+def models(tiny_taste_model, tiny_whisper_dir, tmp_path_factory):
     """``{"main", "novocoder", "foreign"}`` -> saved tokenizer folders."""
     root = tmp_path_factory.mktemp("models")
-    main = _tokenizer(tiny_whisper_dir, root / "sp")
+    main = _tokenizer(tiny_taste_model, tiny_whisper_dir, root / "sp")
     main.save_pretrained(root / "main")
     TasteTokenizer(main.model, main.text_tokenizer).save_pretrained(root / "novocoder")
-    _tokenizer(tiny_whisper_dir, root / "sp7", seed=7, vocoder=False).save_pretrained(root / "foreign")
+    _tokenizer(tiny_taste_model, tiny_whisper_dir, root / "sp7", seed=7, vocoder=False).save_pretrained(root / "foreign")
     return {name: str(root / name) for name in ("main", "novocoder", "foreign")}
 
 

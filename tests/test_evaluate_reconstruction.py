@@ -16,7 +16,6 @@ import torch
 
 from taste_toolkit.api import TasteTokenizer
 from taste_toolkit.errors import InputError
-from taste_toolkit.models.tokenizer import TasteModel
 from taste_toolkit.plugins.vocoder.griffin_lim import GriffinLimVocoder
 from taste_toolkit.registry import build
 
@@ -50,24 +49,11 @@ def items(split_dir):
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tiny_whisper_dir, split_dir, items, tmp_path_factory):
+def tokenizer_dir(tiny_taste_model, tiny_whisper_dir, split_dir, items, tmp_path_factory):
     """A tiny untrained TASTE tokenizer with fitted mel_kmeans units and a griffin_lim vocoder."""
-    torch.manual_seed(0)
     texts = [it["text"].lower() for it in items]
-    text_tok = build("text_tokenizer", "sentencepiece", {"vocab_size": 64, "byte_fallback": False, "model_type": "word"})
-    text_tok.fit(texts * 10, str(tmp_path_factory.mktemp("sp")))
-    vocab = text_tok.vocab_size
-    encoder = build("encoder", "whisper", {"source": tiny_whisper_dir, "value_layer": 2})
-    agg = build("aggregator", "cross_attention", {"d_model": 32, "num_layers": 1, "num_heads": 4, "ffn_dim": 64,
-                                                  "max_positions": 64, "value_identity_init": False},
-                vocab_size=vocab, key_dim=64, value_dim=64)
-    quantizer = build("quantizer", "rvq", {"num_quantizers": 2, "codebook_size": 16, "codebook_dim": 8,
-                                           "kmeans_iters": 3, "quantize_dropout": False}, input_dim=32)
-    decoder = build("decoder", "unit_transformer", {"d_model": 32, "num_layers": 1, "num_heads": 4, "ffn_dim": 64,
-                                                    "dropout": 0.0}, vocab_size=vocab, num_units=NUM_UNITS,
-                    speech_dim=agg.output_dim)
-    model = TasteModel(encoder, agg, quantizer, decoder, text_tokenizer=text_tok)
-    quantizer.train()(torch.randn(1, 40, 32), torch.tensor([40]))  # k-means init of the codebooks
+    model, text_tok = tiny_taste_model(tiny_whisper_dir, texts * 10, tmp_path_factory.mktemp("sp"), num_units=NUM_UNITS,
+                                       sp_options={"vocab_size": 64, "model_type": "word"})
     root = os.path.dirname(split_dir)
     ext = build("units", "mel_kmeans", {"num_units": NUM_UNITS, "kmeans_iters": 5})
     ext.fit([torch.from_numpy(sf.read(os.path.join(root, it["audio"]), dtype="float32")[0]) for it in items])
