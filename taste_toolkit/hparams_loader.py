@@ -77,3 +77,24 @@ def _tag_as_string(loader, suffix, node):
 
 
 _PlainLoader.add_multi_constructor("!", _tag_as_string)
+
+
+def setup_experiment(argv):
+    """Recipe start-up shared by every ``train*.py``: parse, init DDP, load, create the folder.
+
+    Returns
+    -------
+    hparams : dict
+    run_opts : dict
+        SpeechBrain run options (device, precision, ...).
+    """
+    import speechbrain as sb
+
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    # Ablation files are small override files on top of a base YAML.
+    hparams, hparams_file, overrides = load_hparams(hparams_file, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
+    )
+    return hparams, run_opts

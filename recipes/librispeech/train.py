@@ -27,7 +27,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from librispeech_prepare import prepare_librispeech  # noqa: E402
 
-from taste_toolkit.hparams_loader import load_hparams  # noqa: E402
+from taste_toolkit.hparams_loader import setup_experiment  # noqa: E402
 from taste_toolkit.data.unit_cache import load_units, prepare_units  # noqa: E402
 from taste_toolkit.training.data import build_datasets, compute_speaker_vectors  # noqa: E402
 from taste_toolkit.training.export import export_tokenizer  # noqa: E402
@@ -85,13 +85,7 @@ def fit_text_tokenizer(hparams, manifests, train):
 
 
 def main():
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
-    sb.utils.distributed.ddp_init_group(run_opts)
-    # Ablation files are small override files on top of a base YAML.
-    hparams, hparams_file, overrides = load_hparams(hparams_file, overrides)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
-    )
+    hparams, run_opts = setup_experiment(sys.argv[1:])
 
     manifests, train = prepare_corpus(hparams)
     text_tokenizer = fit_text_tokenizer(hparams, manifests, train)

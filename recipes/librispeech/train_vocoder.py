@@ -239,14 +239,9 @@ def build_vocoder_datasets(manifests, units, hparams):
 
 
 def main():
-    from taste_toolkit.hparams_loader import load_hparams
+    from taste_toolkit.hparams_loader import setup_experiment
 
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
-    sb.utils.distributed.ddp_init_group(run_opts)
-    hparams, hparams_file, overrides = load_hparams(hparams_file, overrides)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
-    )
+    hparams, run_opts = setup_experiment(sys.argv[1:])
     check_rates(hparams["units"], hparams["vocoder"])
 
     manifests, train = prepare_corpus(hparams)
