@@ -22,7 +22,6 @@ import torch
 from taste_toolkit import __version__
 from taste_toolkit.audio import prepare_waveform
 from taste_toolkit.errors import InputError, MissingResourceError
-from taste_toolkit.interfaces import EncoderOutput
 from taste_toolkit.models.tokenizer import SpeechTokens, TasteModel
 from taste_toolkit.pretrained.standalone import load_components, save_components
 from taste_toolkit.tokens import TasteTokens
@@ -287,6 +286,8 @@ class TasteTokenizer:
     def decode_units(self, tokens, **generate_options):
         """Generate units for one or several :class:`TasteTokens`; list of ``(S,)`` tensors."""
         batch = [tokens] if isinstance(tokens, TasteTokens) else list(tokens)
+        if not batch:
+            raise InputError("Nothing to decode: got an empty list of tokens.")
         for t in batch:
             self._check_tokens(t)
         text, text_lengths = _pad([t.text_ids for t in batch])
@@ -319,6 +320,8 @@ class TasteTokenizer:
         """Waveforms ``[(L,)]`` at ``self.vocoder.sample_rate`` from unit sequences."""
         if self.vocoder is None:
             raise MissingResourceError("This tokenizer has no vocoder; attach one (e.g. griffin_lim) to get audio.")
+        if not units:
+            return []
         batch, lengths = _pad([u.long() for u in units], 0)
         wavs, wav_lengths = self.vocoder(batch.to(self.device), lengths.to(self.device))
         return [wavs[i, : int(wav_lengths[i])].cpu() for i in range(len(units))]
@@ -384,9 +387,3 @@ class TasteTokenizer:
         out.alignment = None
         out.extra = {**tokens_a.extra, "edited_words": sorted(indices)}
         return out
-
-    # ------------------------------------------------------------ batch helpers
-    @torch.no_grad()
-    def encoder_output(self, wav, wav_lengths) -> Optional[EncoderOutput]:
-        """The encoder taps for padded ``wav (B, S)`` (for analysis)."""
-        return self.model.encode_audio(wav.to(self.device), wav_lengths.to(self.device))

@@ -90,6 +90,8 @@ def test_resampling_stereo_int_and_bad_inputs(tokenizer):
         tokenizer.encode(bad, SR, "nan audio")
     with pytest.raises(InputError, match="transcripts"):
         tokenizer.encode([wav, wav], SR, ["one text"])
+    with pytest.raises(InputError, match="empty list"):
+        tokenizer.decode_units([])
 
 
 def test_tokens_dict_round_trip_and_foreign_tokens(tokenizer, tiny_taste_model, tiny_whisper_dir, tmp_path_factory):
