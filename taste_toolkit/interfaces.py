@@ -290,6 +290,33 @@ class LMHead(nn.Module, abc.ABC):
         """Hidden size of the LM it sits on."""
 
 
+class Fusion(nn.Module, abc.ABC):
+    """Fuses a spoken LM's text embeddings with speech embeddings at the same position.
+
+    ``forward(text (B, N, H), speech (B, N, D_s)) -> (B, N, H)``; ``D_s`` is the
+    speech-token dimension given as ``speech_dim`` and ``H`` the LM's hidden size.
+    """
+
+    @abc.abstractmethod
+    def forward(self, text, speech):
+        """Return the fused ``(B, N, H)`` input embeddings."""
+
+
+class Metric(abc.ABC):
+    """Evaluation metric: scores one system output against its reference.
+
+    ``needs`` names what the metric reads (for example ``{"reference_audio",
+    "reference_text", "units", "word_boundaries"}``) so a harness can skip it,
+    with a reason, when a system cannot provide it. Metrics holding a model load
+    it lazily and release it in :meth:`close`, so only one is in memory at a time.
+    """
+
+    needs: frozenset = frozenset()
+
+    def close(self):
+        """Release models or other large state."""
+
+
 class UnitExtractor(nn.Module, abc.ABC):
     """Turns audio into discrete target units for the unit decoder.
 
@@ -363,4 +390,6 @@ BASES = {
     "units": UnitExtractor,
     "text_tokenizer": TextTokenizer,
     "speaker": Speaker,
+    "fusion": Fusion,
+    "metric": Metric,
 }

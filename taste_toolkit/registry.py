@@ -42,6 +42,8 @@ KINDS = (
     "units",
     "text_tokenizer",
     "speaker",
+    "fusion",
+    "metric",
 )
 
 ENTRY_POINT_GROUP = "taste_toolkit.plugins"

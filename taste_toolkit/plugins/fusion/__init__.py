@@ -1,0 +1,1 @@
+"""Built-in fusion plugins (one per file, registered on import)."""

@@ -1,0 +1,1 @@
+"""Built-in metric plugins (one per file, registered on import)."""
