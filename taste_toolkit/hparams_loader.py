@@ -79,6 +79,35 @@ def _tag_as_string(loader, suffix, node):
 _PlainLoader.add_multi_constructor("!", _tag_as_string)
 
 
+#: Training task named by a YAML's top-level ``task:`` key -> module whose ``main(argv)`` runs it.
+#: ``taste`` (the default, no key needed) is the stage-1 tokenizer recipe itself.
+TASKS = {
+    "taste": None,
+    "taslm": "taste_toolkit.training.taslm_recipe",
+    "lmspt": "taste_toolkit.training.lmspt_recipe",
+}
+
+
+def peek_task(argv):
+    """The ``task:`` of the YAML named first in ``argv`` (``"taste"`` when absent).
+
+    Read with a safe loader (tags stay strings) before anything is built, so one
+    ``train.py`` entry point serves every stage and the YAML picks the trainer.
+    """
+    if not argv or argv[0].startswith("-"):
+        return "taste"
+    path, overrides = resolve_hparams_file(argv[0])
+    with open(path) as f:
+        head = yaml.load(f, Loader=_PlainLoader) or {}
+    task = overrides.get("task", head.get("task", "taste"))
+    for arg in argv[1:]:  # a command-line --task=... wins, as for any key
+        if arg.startswith("--task="):
+            task = arg.split("=", 1)[1]
+    if task not in TASKS:
+        raise ConfigError(f"{argv[0]}: unknown task {task!r}; known tasks are {', '.join(TASKS)}.")
+    return task
+
+
 def setup_experiment(argv):
     """Recipe start-up shared by every ``train*.py``: parse, init DDP, load, create the folder.
 

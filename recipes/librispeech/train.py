@@ -141,4 +141,14 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    # One entry point for every stage: the YAML's ``task:`` picks the trainer
+    # (hparams/taslm_token.yaml -> TASLM, hparams/lmspt.yaml -> LM-SPT).
+    from importlib import import_module
+
+    from taste_toolkit.hparams_loader import TASKS, peek_task
+
+    task_module = TASKS[peek_task(sys.argv[1:])]
+    if task_module is None:
+        main()
+    else:
+        import_module(task_module).main(sys.argv[1:])
