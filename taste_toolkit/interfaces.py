@@ -12,6 +12,7 @@ Conventions used by every plugin
 """
 
 import abc
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -302,6 +303,48 @@ class Fusion(nn.Module, abc.ABC):
         """Return the fused ``(B, N, H)`` input embeddings."""
 
 
+class Codec(nn.Module, abc.ABC):
+    """Neural audio codec baseline (EnCodec, Mimi, ...): waveform <-> frame-rate codes.
+
+    Codes are ``(B, T, R)``: ``T`` frames at :attr:`frame_rate`, ``R`` codebooks of
+    :attr:`codebook_size` entries. Waveforms are ``(B, S)`` at :attr:`sample_rate`.
+    Unlike TASTE tokens, codes are aligned with time, not with text.
+    """
+
+    @property
+    @abc.abstractmethod
+    def sample_rate(self) -> int:
+        """Input and output sample rate (Hz)."""
+
+    @property
+    @abc.abstractmethod
+    def frame_rate(self) -> float:
+        """Code frames per second."""
+
+    @property
+    @abc.abstractmethod
+    def num_codebooks(self) -> int:
+        """Codebooks ``R`` used per frame."""
+
+    @property
+    @abc.abstractmethod
+    def codebook_size(self) -> int:
+        """Entries per codebook."""
+
+    @property
+    def bitrate(self) -> float:
+        """Bits per second: frame rate x codebooks x log2(codebook size)."""
+        return self.frame_rate * self.num_codebooks * math.log2(self.codebook_size)
+
+    @abc.abstractmethod
+    def encode(self, wavs, wav_lengths):
+        """``(B, S)`` waveforms -> ``(codes (B, T, R) long, code_lengths (B,))``."""
+
+    @abc.abstractmethod
+    def decode(self, codes, code_lengths):
+        """``(B, T, R)`` codes -> ``(wavs (B, S), wav_lengths (B,))``."""
+
+
 class Metric(abc.ABC):
     """Evaluation metric: scores one system output against its reference.
 
@@ -392,4 +435,5 @@ BASES = {
     "speaker": Speaker,
     "fusion": Fusion,
     "metric": Metric,
+    "codec": Codec,
 }

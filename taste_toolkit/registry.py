@@ -44,6 +44,7 @@ KINDS = (
     "speaker",
     "fusion",
     "metric",
+    "codec",
 )
 
 ENTRY_POINT_GROUP = "taste_toolkit.plugins"
