@@ -14,6 +14,7 @@ the training recipe nor its YAML.
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -24,7 +25,7 @@ from taste_toolkit.audio import prepare_waveform
 from taste_toolkit.errors import InputError, MissingResourceError
 from taste_toolkit.models.tokenizer import SpeechTokens, TasteModel
 from taste_toolkit.pretrained.standalone import load_components, save_components
-from taste_toolkit.tokens import TasteTokens
+from taste_toolkit.tokens import TasteTokens, check_token_fields
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,29 @@ def _pad(rows, value=0, dtype=None):
     for i, r in enumerate(rows):
         out[i, : r.shape[0]] = r
     return out, lengths
+
+
+def _describe(value):
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
+def check_generate_options(generate, options):
+    """Raise InputError for options the decoder's ``generate`` does not take, or non-finite / negative numbers."""
+    import inspect
+
+    params = inspect.signature(generate).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    accepted = [n for n, p in params.items() if p.default is not inspect.Parameter.empty and n != "speaker"]
+    for key, value in options.items():
+        if key not in params and not takes_any:
+            raise InputError(f"Unknown decoding option {key!r}; this decoder accepts {', '.join(accepted)}.")
+        if key == "generator" or value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            if not math.isfinite(value) or value < 0:
+                raise InputError(f"Decoding option {key}={value!r} must be a finite number >= 0.")
+            if key == "top_k" and value != int(value):
+                raise InputError(f"top_k must be a whole number (0 = greedy), got {value!r}.")
 
 
 class TasteTokenizer:
@@ -150,9 +174,13 @@ class TasteTokenizer:
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder, device="cpu"):
-        """Load a folder written by :meth:`save_pretrained` (no code is run from it)."""
-        comps, config = load_components(folder, device=device)
+    def from_pretrained(cls, folder, device="cpu", allow_code=False):
+        """Load a folder written by :meth:`save_pretrained` (no code is run from it).
+
+        ``allow_code=True`` also builds plugins that evaluate code-bearing files of the
+        folder (e.g. the cosyvoice vocoder's hyperpyyaml); use it only for folders you trust.
+        """
+        comps, config = load_components(folder, device=device, allow_code=allow_code)
         for role in ("aggregator", "quantizer", "decoder", "text_tokenizer"):
             if comps.get(role) is None:
                 raise MissingResourceError(f"Checkpoint {folder!r} has no {role!r} component; re-export it.")
@@ -204,14 +232,18 @@ class TasteTokenizer:
             or text (empty, not a string), or mismatched list lengths.
         """
         single = isinstance(text, str)
+        if not single and not (isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text)):
+            raise InputError(f"text must be a string or a list of strings, got {_describe(text)}.")
+        if not single and not isinstance(audio, (list, tuple)):
+            raise InputError(f"With a list of transcripts, audio must be a list of waveforms, got {_describe(audio)}.")
         audios, texts = ([audio], [text]) if single else (list(audio), list(text))
         if len(audios) != len(texts):
             raise InputError(f"Got {len(audios)} audio inputs but {len(texts)} transcripts.")
         rates = sample_rate if isinstance(sample_rate, (list, tuple)) else [sample_rate] * len(audios)
         if len(rates) != len(audios):
             raise InputError(f"Got {len(rates)} sample rates for {len(audios)} audio inputs.")
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
         out = []
         for s in range(0, len(texts), batch_size):
             out += self._encode_batch(audios[s:s + batch_size], rates[s:s + batch_size], texts[s:s + batch_size],
@@ -220,9 +252,9 @@ class TasteTokenizer:
 
     def _encode_batch(self, audios, rates, texts, return_embeddings, return_alignment):
         target_sr = self.model.encoder.sample_rate if self.model.encoder is not None else 16000
+        texts_tok = [self._tokenize_text(t) for t in texts]  # cheap checks first
         wavs = [prepare_waveform(a, r, target_sr=target_sr, max_seconds=MAX_SECONDS).to(self.device)
                 for a, r in zip(audios, rates)]
-        texts_tok = [self._tokenize_text(t) for t in texts]
         tokens, token_lengths = _pad([torch.tensor(t.ids, dtype=torch.long) for t in texts_tok])
         word_ids, _ = _pad([torch.tensor(t.word_ids, dtype=torch.long) for t in texts_tok])
         tokens, word_ids, token_lengths = tokens.to(self.device), word_ids.to(self.device), token_lengths.to(self.device)
@@ -260,6 +292,7 @@ class TasteTokenizer:
     def _check_tokens(self, tokens):
         if not isinstance(tokens, TasteTokens):
             raise InputError(f"Expected TasteTokens, got {type(tokens).__name__}.")
+        check_token_fields(tokens, self.text_tokenizer.vocab_size)
         if tokens.fingerprint and tokens.fingerprint != self.fingerprint:
             raise InputError(
                 f"These tokens were made by another model or config (fingerprint {tokens.fingerprint}, "
@@ -272,7 +305,7 @@ class TasteTokenizer:
         if self.model.aggregator.output_dim == 0:
             return None
         if self.has_codes:
-            codes = tokens.codes.to(self.device)
+            codes = tokens.codes.to(self.device).long()
             if codes.dim() != 2 or codes.shape[1] > self.model.quantizer.num_quantizers:
                 raise InputError(f"codes must be (M, R<={self.model.quantizer.num_quantizers}), got {tuple(codes.shape)}.")
             if codes.numel() and (codes.min() < 0 or codes.max() >= self.model.quantizer.codebook_size):
@@ -285,9 +318,12 @@ class TasteTokenizer:
     @torch.no_grad()
     def decode_units(self, tokens, **generate_options):
         """Generate units for one or several :class:`TasteTokens`; list of ``(S,)`` tensors."""
+        if not isinstance(tokens, (TasteTokens, list, tuple)):
+            raise InputError(f"Expected TasteTokens or a list of them, got {_describe(tokens)}.")
         batch = [tokens] if isinstance(tokens, TasteTokens) else list(tokens)
         if not batch:
             raise InputError("Nothing to decode: got an empty list of tokens.")
+        check_generate_options(self.model.decoder.generate, generate_options)
         for t in batch:
             self._check_tokens(t)
         text, text_lengths = _pad([t.text_ids for t in batch])

@@ -21,7 +21,8 @@ Rules applied, in order
 4. Empty audio and NaN/inf samples are rejected.
 5. Audio longer than ``max_seconds`` is rejected (never truncated).
 6. Clipping and silence only log a warning: the caller decides.
-7. Resampling to ``target_sr`` uses :func:`torchaudio.functional.resample`.
+7. Resampling to ``target_sr`` uses :func:`torchaudio.functional.resample`, or an
+   FFT resampler for unusual rates whose polyphase filter would be huge (:func:`resample`).
 """
 
 import logging
@@ -119,10 +120,36 @@ def _check_sample_rate(sample_rate, name="sample_rate"):
     return int(value)
 
 
+#: Largest reduced rate ratio (``rate / gcd``) resampled with torchaudio's polyphase
+#: sinc filter; its kernel has ``(target/gcd) x (orig/gcd)`` taps, so a rate such as
+#: 25337 Hz -> 16 kHz (gcd 1) would need 400 M taps and minutes. Beyond it the
+#: resampling is done in the frequency domain (O(S log S), any ratio).
+MAX_POLYPHASE_RATIO = 1000
+
+
+def _resample_fft(wav, orig_sr, target_sr):
+    """Band-limited resampling by truncating / zero-padding the spectrum of the whole signal."""
+    n = wav.shape[-1]
+    n_out = max(1, int(round(n * target_sr / orig_sr)))
+    spectrum = torch.fft.rfft(wav.to(torch.float64), dim=-1)
+    keep = min(spectrum.shape[-1], n_out // 2 + 1)
+    out = torch.zeros(wav.shape[:-1] + (n_out // 2 + 1,), dtype=spectrum.dtype, device=wav.device)
+    out[..., :keep] = spectrum[..., :keep]
+    return (torch.fft.irfft(out, n=n_out, dim=-1) * (n_out / n)).to(wav.dtype)
+
+
 def resample(wav, orig_sr, target_sr):
-    """Resample ``wav (..., S)`` from ``orig_sr`` to ``target_sr`` (no-op if equal)."""
+    """Resample ``wav (..., S)`` from ``orig_sr`` to ``target_sr`` (no-op if equal).
+
+    Common rates (8, 11.025, 22.05, 24, 44.1, 48 kHz ...) use
+    :func:`torchaudio.functional.resample`; unusual ones (large reduced ratio, see
+    :data:`MAX_POLYPHASE_RATIO`) an FFT resampler, so no rate can stall the caller.
+    """
     if orig_sr == target_sr:
         return wav
+    g = math.gcd(int(orig_sr), int(target_sr))
+    if max(orig_sr, target_sr) // g > MAX_POLYPHASE_RATIO:
+        return _resample_fft(wav, orig_sr, target_sr)
     import torchaudio.functional as AF
 
     return AF.resample(wav, orig_sr, target_sr)

@@ -4,6 +4,9 @@ They are what ``TasteTokenizer.encode`` returns and what ``decode`` / ``edit``
 and the ``taste tokenize`` files consume. ``to_dict`` / ``from_dict`` give a
 JSON-able form (one line per utterance in a tokens file); ``fingerprint`` names
 the model that made them so tokens are never decoded by another model.
+:func:`check_token_fields` refuses hand-made or damaged tokens (wrong dtypes or
+shapes, ids outside the vocabulary, inconsistent word ids) with an InputError
+before they reach a model.
 """
 
 from dataclasses import dataclass, field
@@ -122,3 +125,56 @@ class TasteTokens:
         if tokens.text_ids.shape != tokens.word_ids.shape:
             raise InputError("Malformed tokens record: text_ids and word_ids differ in length.")
         return tokens
+
+
+def _describe(value):
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
+#: Speech-token levels a model can produce (see :class:`~taste_toolkit.tokens.TasteTokens`).
+LEVELS = ("word", "token", "frame", "none")
+
+
+def check_token_fields(tokens, vocab_size):
+    """Raise InputError unless ``tokens`` is structurally valid for a model with ``vocab_size`` text tokens.
+
+    Tokens from ``encode`` or ``TasteTokens.from_dict`` of its output always pass;
+    this catches hand-made or damaged records before they reach the model.
+    """
+    def fail(msg):
+        raise InputError(f"Invalid tokens: {msg}. Use tokens made by TasteTokenizer.encode (or from_dict of them).")
+
+    for name in ("text_ids", "word_ids"):
+        t = getattr(tokens, name)
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
+            fail(f"{name} must be a 1-D integer tensor, got {_describe(t)}")
+    n = tokens.text_ids.numel()
+    if n == 0:
+        fail("the text has no tokens")
+    if tokens.word_ids.numel() != n:
+        fail(f"text_ids ({n}) and word_ids ({tokens.word_ids.numel()}) differ in length")
+    if int(tokens.text_ids.min()) < 0 or int(tokens.text_ids.max()) >= vocab_size:
+        fail(f"text token ids must lie in [0, {vocab_size})")
+    w = tokens.word_ids
+    if int(w[0]) != 0 or bool(((w[1:] - w[:-1]) < 0).any()) or bool(((w[1:] - w[:-1]) > 1).any()):
+        fail("word_ids must start at 0 and grow by 0 or 1 from one text token to the next")
+    if tokens.level not in LEVELS:
+        fail(f"level must be one of {LEVELS}, got {tokens.level!r}")
+    if tokens.codes is not None:
+        c = tokens.codes
+        if not isinstance(c, torch.Tensor) or c.dim() != 2:
+            fail(f"codes must be a 2-D (M, R) tensor, got {_describe(c)}")
+        if c.dtype.is_floating_point and (not bool(torch.isfinite(c).all()) or not torch.equal(c, c.round())):
+            fail("codes must be whole numbers")
+    for name in ("embeddings", "speaker"):
+        t = getattr(tokens, name)
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor) or not t.dtype.is_floating_point:
+            fail(f"{name} must be a float tensor, got {_describe(t)}")
+        if not bool(torch.isfinite(t).all()):
+            fail(f"{name} contain NaN or inf")
+    if tokens.embeddings is not None and tokens.embeddings.dim() != 2:
+        fail(f"embeddings must be (M, D), got shape {tuple(tokens.embeddings.shape)}")
+    if tokens.speaker is not None and tokens.speaker.dim() != 1:
+        fail(f"speaker must be (D,), got shape {tuple(tokens.speaker.shape)}")

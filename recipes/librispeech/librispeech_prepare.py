@@ -21,7 +21,9 @@ offers a command line::
 
 It writes ``<save_folder>/<split>.csv`` (``ID, duration, wav, spk_id, wrd``),
 ``prepare_options.json`` (reused when nothing changed) and
-``prepare_report.json`` (every excluded utterance with its reason).
+``prepare_report.json`` (every excluded utterance with its reason). CSVs are
+written atomically; a reused CSV that is truncated or garbled (``check_manifest``)
+is rebuilt with a warning.
 """
 
 import argparse
@@ -29,9 +31,9 @@ import json
 import logging
 import sys
 
-from taste_toolkit.data.librispeech import CSV_HEADER, prepare_librispeech
+from taste_toolkit.data.librispeech import CSV_HEADER, check_manifest, prepare_librispeech
 
-__all__ = ["prepare_librispeech", "CSV_HEADER", "main"]
+__all__ = ["prepare_librispeech", "check_manifest", "CSV_HEADER", "main"]
 
 
 def main(argv=None) -> int:

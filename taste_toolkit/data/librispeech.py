@@ -139,14 +139,18 @@ def prepare_librispeech(
     options_path = os.path.join(save_folder, OPTIONS_FILE)
     stored = _load_json(options_path)
     report = _load_json(report_path)
-    if (
-        stored == options
-        and report is not None
-        and all(os.path.isfile(p) for p in csv_paths.values())
-    ):
-        logger.info("LibriSpeech CSVs in %s are up to date; preparation skipped.", save_folder)
-        report["reused"] = True
-        return report
+    if stored == options and report is not None:
+        # A reused CSV must be complete: a truncated or garbled one is rebuilt.
+        broken = {
+            s: check_manifest(p, report.get("splits", {}).get(s, {}).get("kept")) for s, p in csv_paths.items()
+        }
+        broken = {s: problem for s, problem in broken.items() if problem}
+        if not broken:
+            logger.info("LibriSpeech CSVs in %s are up to date; preparation skipped.", save_folder)
+            report["reused"] = True
+            return report
+        logger.warning("Manifest(s) in %s are damaged (%s); rebuilding them.", save_folder,
+                       "; ".join(f"{s}.csv: {problem}" for s, problem in broken.items()))
 
     os.makedirs(save_folder, exist_ok=True)
     # Remove the marker first: if this run dies halfway, the next one redoes it.
@@ -161,6 +165,31 @@ def prepare_librispeech(
     _write_atomic(report_path, json.dumps(report, indent=1, ensure_ascii=False))
     _write_atomic(options_path, json.dumps(options, indent=1))
     return report
+
+
+def check_manifest(path: str, expected_rows: Optional[int] = None) -> Optional[str]:
+    """Why the CSV at ``path`` is not a complete manifest (None when it is).
+
+    Checks the header, that every row has all fields and a numeric duration, and
+    (when given) the number of rows against the report's ``kept`` count.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    if not rows or rows[0] != CSV_HEADER:
+        return f"header is {rows[0] if rows else None}, expected {CSV_HEADER}"
+    for number, row in enumerate(rows[1:], 2):
+        if len(row) != len(CSV_HEADER):
+            return f"line {number} has {len(row)} fields instead of {len(CSV_HEADER)} (truncated?)"
+        try:
+            float(row[1])
+        except ValueError:
+            return f"line {number} has duration {row[1]!r} (truncated?)"
+    if expected_rows is not None and len(rows) - 1 != expected_rows:
+        return f"{len(rows) - 1} rows, the preparation report says {expected_rows} (truncated?)"
+    return None
 
 
 def _check_options(splits, max_duration, min_duration, select_n_sentences) -> List:
@@ -391,4 +420,4 @@ def _load_json(path: str) -> Optional[dict]:
         return None
 
 
-__all__ = ["prepare_librispeech", "CSV_HEADER"]
+__all__ = ["prepare_librispeech", "check_manifest", "CSV_HEADER"]

@@ -9,8 +9,10 @@ A checkpoint is one folder::
 Loading never runs code from the folder: the config is JSON (no hyperpyyaml tags
 are evaluated; a value that looks like one is refused), components are built by
 registry name from *installed* plugins only (no ``plugin_modules`` import), and
-weights are read with safetensors only (pickle files are refused). Training YAMLs,
-in contrast, are code: only run YAML files you trust.
+weights are read with safetensors only (pickle files are refused), ``"./"`` paths
+in options cannot leave the folder, and plugins that evaluate code-bearing files
+(the cosyvoice vocoder's hyperpyyaml) are refused unless ``allow_code=True``.
+Training YAMLs, in contrast, are code: only run YAML files you trust.
 
 Export hook: a component may define ``export(folder) -> dict`` that writes its
 files into ``folder`` and returns option overrides; override values starting with
@@ -23,7 +25,7 @@ import os
 from pathlib import Path
 
 from taste_toolkit import registry
-from taste_toolkit.errors import ConfigError, InputError, MissingResourceError
+from taste_toolkit.errors import ConfigError, InputError, MissingResourceError, TasteError
 from taste_toolkit.utils import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,11 @@ FORMAT = "taste-toolkit/standalone"
 FORMAT_VERSION = 1
 CONFIG_FILE = "taste_config.json"
 WEIGHTS_FILE = "model.safetensors"
+#: Plugins whose construction evaluates code-bearing files named by their options (the
+#: cosyvoice vocoder runs its folder's ``cosyvoice.yaml``, hyperpyyaml with ``!new:``
+#: tags). A plugin class can also declare ``executes_files = True``. They are built
+#: from a standalone folder only with ``allow_code=True``.
+CODE_EXECUTING_PLUGINS = {("vocoder", "cosyvoice")}
 #: hyperpyyaml tags: meaningful (executable) in training YAMLs, never in checkpoints.
 _YAML_TAGS = ("!new:", "!apply:", "!name:", "!ref", "!copy", "!include:", "!tuple", "!module:", "!PLACEHOLDER")
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
@@ -160,12 +167,32 @@ def read_config(folder):
 
 
 def _resolve_paths(options, folder):
-    return {
-        k: str(folder / v[2:]) if isinstance(v, str) and v.startswith("./") else v for k, v in options.items()
-    }
+    """``"./x"`` option values -> paths inside the component's folder (never outside it)."""
+    out = {}
+    root = os.path.realpath(folder)
+    for k, v in options.items():
+        if isinstance(v, str) and v.startswith("./"):
+            path = os.path.realpath(os.path.join(root, v[2:]))
+            if path != root and not path.startswith(root + os.sep):
+                raise ConfigError(
+                    f"Option {k}={v!r} points outside the checkpoint folder ({path}); a standalone checkpoint "
+                    "may only reference its own files. Re-export it with save_pretrained."
+                )
+            v = path
+        out[k] = v
+    return out
 
 
-def load_components(folder, device="cpu"):
+def _executes_files(kind, name):
+    if (kind, name) in CODE_EXECUTING_PLUGINS:
+        return True
+    try:
+        return bool(getattr(registry.get(kind, name), "executes_files", False))
+    except Exception:  # unknown plugin: registry.build reports it
+        return False
+
+
+def load_components(folder, device="cpu", allow_code=False):
     """Rebuild every component of a checkpoint and load its weights.
 
     Returns
@@ -175,14 +202,24 @@ def load_components(folder, device="cpu"):
     config : dict
         The validated ``taste_config.json``.
 
+    Arguments
+    ---------
+    folder : str or Path
+    device : str
+    allow_code : bool
+        Build plugins that evaluate code-bearing files named by their options
+        (:data:`CODE_EXECUTING_PLUGINS`). Off by default: only for folders you trust.
+
     Raises
     ------
     MissingResourceError
         Missing folder, config or weights, or a plugin that is not installed.
     InputError
-        Corrupt or partial files, a newer format version, weights that do not match.
+        Corrupt or partial files, a newer format version, weights that do not match,
+        a component that fails to build from its files.
     ConfigError
-        YAML tags or non-plain values in the config.
+        YAML tags or non-plain values in the config, paths leaving the folder, a
+        code-executing plugin without ``allow_code``.
     """
     import torch
     from safetensors import SafetensorError
@@ -209,8 +246,22 @@ def load_components(folder, device="cpu"):
         if spec is None:
             components[role] = None
             continue
+        if _executes_files(spec["kind"], spec["name"]) and not allow_code:
+            raise ConfigError(
+                f"Component {role!r} is the {spec['kind']} plugin {spec['name']!r}, which runs code from the files "
+                f"named by its options; it is not built from a checkpoint folder unless you trust the folder: "
+                "TasteTokenizer.from_pretrained(folder, allow_code=True)."
+            )
         options = _resolve_paths(spec["options"], folder / role)
-        obj = registry.build(spec["kind"], spec["name"], options)
+        try:
+            obj = registry.build(spec["kind"], spec["name"], options)
+        except TasteError:
+            raise
+        except Exception as exc:  # a plugin's own loader refusing a corrupt or hostile file
+            raise InputError(
+                f"Component {role!r} ({spec['kind']} {spec['name']!r}) of {folder} cannot be built from its files: "
+                f"{type(exc).__name__}: {exc}. The checkpoint is corrupt or not trustworthy; re-export it."
+            ) from exc
         if isinstance(obj, torch.nn.Module):
             prefix = role + "."
             own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -14,8 +14,10 @@ import os
 import speechbrain as sb
 import torch
 
+from taste_toolkit.errors import TasteError
 from taste_toolkit.interfaces import EncoderOutput
-from taste_toolkit.utils import relative_to_absolute
+from taste_toolkit.training.checkpoints import make_robust
+from taste_toolkit.utils import atomic_write, relative_to_absolute
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +53,39 @@ class EncoderOutputCache:
             self.store[i] = (out.keys[b, :n].detach().half().cpu(), out.values[b, :n].detach().half().cpu())
 
 
+class NonFiniteLossError(TasteError, ValueError):
+    """Training losses stayed non-finite for more batches than ``nonfinite_patience`` allows."""
+
+
 class TasteTokenizerBrain(sb.Brain):
     """Trains ``modules.model`` (a :class:`~taste_toolkit.models.tokenizer.TasteModel`).
 
     Expected hparams: ``cache_encoder_outputs`` (bool), optional ``lr_annealing``,
-    ``train_logger``, ``output_folder``.
+    ``train_logger``, ``output_folder``, ``seed``.
+
+    Reliability: the checkpointer is made a
+    :class:`~taste_toolkit.training.checkpoints.RobustCheckpointer` (atomic,
+    checksummed saves; recovery falls back past broken checkpoints); with
+    ``--ckpt_interval_steps=N`` a run killed mid-epoch resumes from its last
+    intra-epoch checkpoint and, on CPU with a fixed seed, ends with the same
+    weights as an uninterrupted run (batch order, RNG, optimizer, quantizer EMA
+    and encoder outputs are all reproduced). A non-finite loss is reported with
+    its batch's utterance IDs and the quantizer's EMA codebooks are rolled back,
+    so one bad batch cannot poison them.
     """
+
+    def __init__(self, modules=None, opt_class=None, hparams=None, run_opts=None, checkpointer=None):
+        super().__init__(modules, opt_class, hparams, _steps_win_over_minutes(run_opts), make_robust(checkpointer))
+        self._nonfinite_ids = []
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        # torch's DataLoader draws its worker base seed from the *global* RNG each time
+        # it is iterated; a run resumed mid-epoch would then be one draw off (other
+        # dropout masks). A generator of its own keeps the global RNG untouched.
+        if stage == sb.Stage.TRAIN and not loader_kwargs.get("generator"):
+            seed = int(getattr(self.hparams, "seed", 0) or 0)
+            loader_kwargs["generator"] = torch.Generator().manual_seed(seed)
+        return super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
 
     def on_fit_start(self):
         super().on_fit_start()
@@ -84,20 +113,22 @@ class TasteTokenizerBrain(sb.Brain):
         wavs, rel = batch.sig
         use_cache = getattr(self.hparams, "cache_encoder_outputs", False)
         enc = model.encoder
-        if use_cache:
-            if not hasattr(self, "_enc_cache"):
-                self._enc_cache = EncoderOutputCache()
-            cached = self._enc_cache.get(batch.id, self.device, wavs.dtype, enc.frame_rate)
-            if cached is not None:
-                return cached
+        lengths = relative_to_absolute(rel, wavs.shape[1])
+        if not use_cache:
+            with torch.no_grad():
+                return model.encode_audio(wavs, lengths)
+        if not hasattr(self, "_enc_cache"):
+            self._enc_cache = EncoderOutputCache()
         with torch.no_grad():
-            out = model.encode_audio(wavs, relative_to_absolute(rel, wavs.shape[1]))
-        if use_cache:
-            # Return what was stored (fp16-rounded), so the first epoch, later epochs
-            # and a resumed run all see exactly the same encoder outputs.
-            self._enc_cache.put(batch.id, out)
-            out = self._enc_cache.get(batch.id, self.device, wavs.dtype, enc.frame_rate)
-        return out
+            for b, uid in enumerate(batch.id):
+                if uid not in self._enc_cache.store:
+                    # One utterance at a time, unpadded: its cached output then does not
+                    # depend on which batch it first came in, so a resumed run (other
+                    # batches in memory) caches bit-identical values.
+                    n = int(lengths[b])
+                    self._enc_cache.put([uid], model.encode_audio(wavs[b:b + 1, :n], lengths[b:b + 1]))
+        # What was stored (fp16-rounded) is what every epoch and every resumed run sees.
+        return self._enc_cache.get(batch.id, self.device, wavs.dtype, enc.frame_rate)
 
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
@@ -142,17 +173,61 @@ class TasteTokenizerBrain(sb.Brain):
         return out.loss
 
     def check_loss_isfinite(self, loss):
-        if not torch.isfinite(loss):
-            logger.warning("Non-finite loss (%s) on batch with ids %s; skipping its update.", float(loss), self._batch_ids)
-        super().check_loss_isfinite(loss)
+        """Report a non-finite loss with its batch's IDs and undo the batch's codebook updates.
+
+        The optimizer step of that batch is skipped (no parameter moves); after
+        ``nonfinite_patience`` such batches in an epoch a :class:`NonFiniteLossError`
+        lists every offending ID.
+        """
+        if torch.isfinite(loss):
+            return
+        ids = list(getattr(self, "_batch_ids", []))
+        self._nonfinite_ids.extend(ids)
+        logger.warning("Non-finite loss (%s) on batch with ids %s; skipping its update.", float(loss), ids)
+        self._restore_quantizer_buffers()
+        # SpeechBrain would still step with the NaN gradients (unless skip_nonfinite_grads)
+        # and turn every weight into NaN: the optimizer step of this batch is skipped.
+        self._skip_step = True
+        try:
+            super().check_loss_isfinite(loss)
+        except ValueError as exc:
+            raise NonFiniteLossError(
+                f"{self.nonfinite_count} batches had a non-finite loss this epoch (more than "
+                f"--nonfinite_patience={self.nonfinite_patience}); utterance IDs: {self._nonfinite_ids}. "
+                "Check these utterances (silence, wrong transcript), lower the lr or raise max_grad_norm."
+            ) from exc
+
+    def optimizers_step(self):
+        if getattr(self, "_skip_step", False):
+            self._skip_step = False
+            self.zero_grad(set_to_none=True)  # the accumulated gradients include the NaN ones
+            return
+        super().optimizers_step()
 
     def on_fit_batch_start(self, batch, should_step):
         self._batch_ids = list(batch.id)
+        # The quantizer's EMA codebooks are updated inside forward, before the loss is
+        # known: keep a copy so a batch with a non-finite loss can be undone.
+        q = getattr(self.modules.model, "quantizer", None)
+        self._quantizer_buffers = {k: v.detach().clone() for k, v in q.named_buffers()} if q is not None else {}
+
+    def _restore_quantizer_buffers(self):
+        saved = getattr(self, "_quantizer_buffers", None)
+        if not saved:
+            return
+        own = dict(self.modules.model.quantizer.named_buffers())
+        with torch.no_grad():
+            for k, v in saved.items():
+                if k in own and own[k].shape == v.shape:
+                    own[k].copy_(v)
+        logger.warning("Quantizer codebooks restored to their state before that batch.")
 
     # -------------------------------------------------------------- stages
     def on_stage_start(self, stage, epoch=None):
         self._counts, self._qmetrics = {}, {}
         self._attention_example = None
+        if stage == sb.Stage.TRAIN:
+            self._nonfinite_ids = []
 
     def stage_stats(self, stage_loss):
         stats = {"loss": round(float(stage_loss), 4)}
@@ -202,10 +277,13 @@ class TasteTokenizerBrain(sb.Brain):
         path = os.path.join(self.hparams.output_folder, "curves.json")
         history = []
         if os.path.exists(path):  # a resumed run keeps the earlier epochs
-            with open(path) as f:
-                history = [h for h in json.load(f) if h["epoch"] < epoch]
+            try:
+                with open(path) as f:
+                    history = [h for h in json.load(f) if h["epoch"] < epoch]
+            except (ValueError, KeyError, TypeError) as exc:
+                logger.warning("%s is unreadable (%s); the curves restart from this epoch.", path, exc)
         history.append({"epoch": epoch, "train": self.train_stats, "valid": valid_stats})
-        with open(path, "w") as f:
+        with atomic_write(path) as f:  # a kill while writing must not lose the earlier epochs
             json.dump(history, f, indent=1)
         plot_curves(history, os.path.join(self.hparams.output_folder, "curves.png"), keys=("loss", "unit_top5"))
 
@@ -221,6 +299,27 @@ class TasteTokenizerBrain(sb.Brain):
             tok = getattr(self.hparams, "text_tokenizer", None)
             labels = [tok.decode([t]) for t in ex["tokens"]] if tok is not None else None
             plot_attention(ex["attention"], os.path.join(folder, "attention.png"), labels, ex["frame_rate"], title=ex["id"])
+
+
+def _steps_win_over_minutes(run_opts):
+    """A ``--ckpt_interval_steps`` given on the command line replaces the YAML's ``ckpt_interval_minutes``.
+
+    SpeechBrain exits when both intervals are set; the YAML sets minutes, so asking
+    for a step interval would otherwise need ``--ckpt_interval_minutes=0`` as well.
+    """
+    if run_opts is None:
+        return None
+    if isinstance(run_opts, dict):
+        if int(run_opts.get("ckpt_interval_steps") or 0) > 0 and "ckpt_interval_minutes" not in run_opts:
+            run_opts = {**run_opts, "ckpt_interval_minutes": 0}
+        return run_opts
+    given = set(getattr(run_opts, "overridden_args", set()))
+    if "ckpt_interval_steps" in given and int(run_opts.ckpt_interval_steps or 0) > 0 and "ckpt_interval_minutes" not in given:
+        import dataclasses  # RunOptions is a frozen dataclass
+
+        run_opts = dataclasses.replace(run_opts, ckpt_interval_minutes=0,
+                                       overridden_args=given | {"ckpt_interval_minutes"})
+    return run_opts
 
 
 def _first(enc_out):
