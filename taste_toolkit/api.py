@@ -348,6 +348,8 @@ class TasteTokenizer:
             if any(t.speaker is None for t in batch):
                 raise InputError("This decoder needs the tokens' speaker vector; encode with this model.")
             spk = torch.stack([t.speaker for t in batch]).to(self.device)
+        if getattr(self.model.decoder, "needs_word_ids", False):
+            generate_options = dict(generate_options, word_ids=word_ids)
         units, lengths = self.model.decoder.generate(text, text_lengths, dec_speech, dec_lengths, spk, **generate_options)
         return [units[i, : int(lengths[i])].cpu() for i in range(len(batch))]
 

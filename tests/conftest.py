@@ -96,7 +96,7 @@ def make_wavs():
 
 
 def build_tiny_taste_model(whisper_dir, transcripts, sp_dir, seed=0, text_only=False, num_units=20,
-                           sp_options=None):
+                           sp_options=None, decoder_name="unit_transformer"):
     """A tiny random ``TasteModel`` and its fitted SentencePiece tokenizer, built through the registry.
 
     Every component is built by ``registry.build`` (so it can be saved standalone);
@@ -125,7 +125,7 @@ def build_tiny_taste_model(whisper_dir, transcripts, sp_dir, seed=0, text_only=F
                     vocab_size=vocab, key_dim=64, value_dim=64)
         quantizer = build("quantizer", "rvq", {"num_quantizers": 2, "codebook_size": 16, "codebook_dim": 8,
                                                "kmeans_iters": 3, "quantize_dropout": False}, input_dim=32)
-    decoder = build("decoder", "unit_transformer", {"d_model": 32, "num_layers": 1, "num_heads": 4, "ffn_dim": 64,
+    decoder = build("decoder", decoder_name, {"d_model": 32, "num_layers": 1, "num_heads": 4, "ffn_dim": 64,
                                                     "dropout": 0.0}, vocab_size=vocab, num_units=num_units,
                     speech_dim=agg.output_dim)
     model = TasteModel(encoder, agg, quantizer, decoder, text_tokenizer=text_tok)

@@ -98,7 +98,17 @@ def main():
     )
     units = {s: load_units(p) for s, p in unit_files.items()}
     speakers = compute_speaker_vectors(hparams["speaker"], splits, os.path.join(hparams["prep_folder"], "speaker"))
-    datasets = build_datasets(splits, text_tokenizer, units, speakers, hparams["sample_rate"])
+    word_starts = None
+    if getattr(hparams["decoder"], "needs_unit_word_ids", False):
+        from taste_toolkit.data.word_alignment import split_word_starts
+
+        # The decoder trains on the word of every unit: read the corpus' word times.
+        data_folder = hparams["data_folder"] or hparams["corpus_folder"]
+        word_starts = split_word_starts(data_folder, list(splits))
+    datasets = build_datasets(
+        splits, text_tokenizer, units, speakers, hparams["sample_rate"],
+        unit_word_starts=word_starts, unit_frame_rate=hparams["units"].frame_rate,
+    )
 
     brain = TasteTokenizerBrain(
         modules=hparams["modules"],

@@ -132,7 +132,8 @@ class TasteModel(nn.Module):
             return broadcast_words_to_tokens(speech.embeddings, word_ids, token_lengths), token_lengths
         return speech.embeddings, speech.lengths
 
-    def forward(self, tokens, token_lengths, word_ids, units, unit_lengths, encoder_out=None, speaker=None):
+    def forward(self, tokens, token_lengths, word_ids, units, unit_lengths, encoder_out=None, speaker=None,
+                unit_word_ids=None):
         """Teacher-forced training pass.
 
         Arguments
@@ -147,10 +148,15 @@ class TasteModel(nn.Module):
             Encoder taps (from :meth:`encode_audio` or a feature cache).
         speaker : torch.Tensor, optional
             ``(B, D_s)`` speaker vectors.
+        unit_word_ids : torch.Tensor, optional
+            ``(B, S)`` word of each unit, for decoders with ``needs_unit_word_ids``.
         """
         speech, q, agg = self.tokenize(tokens, token_lengths, word_ids, encoder_out)
         dec_speech, dec_lengths = self.speech_for_decoder(speech, word_ids, token_lengths)
-        dec = self.decoder(tokens, token_lengths, dec_speech, dec_lengths, units, unit_lengths, speaker)
+        extra = {}
+        if getattr(self.decoder, "needs_word_ids", False):
+            extra = dict(word_ids=word_ids, unit_word_ids=unit_word_ids)
+        dec = self.decoder(tokens, token_lengths, dec_speech, dec_lengths, units, unit_lengths, speaker, **extra)
         loss = dec.loss
         if q is not None:
             loss = loss + self.quantizer_weight * q.loss

@@ -78,7 +78,8 @@ def compute_speaker_vectors(speaker, manifests, cache_dir, sample_rate=16000):
     return vectors
 
 
-def build_datasets(manifests, text_tokenizer, units, speaker_vectors=None, sample_rate=16000, mismatch_filter=None):
+def build_datasets(manifests, text_tokenizer, units, speaker_vectors=None, sample_rate=16000, mismatch_filter=None,
+                   unit_word_starts=None, unit_frame_rate=None):
     """Datasets for each split.
 
     Arguments
@@ -93,6 +94,10 @@ def build_datasets(manifests, text_tokenizer, units, speaker_vectors=None, sampl
         ``{id: (D,) tensor}``.
     mismatch_filter : dict, optional
         Options of :func:`filter_mismatched` (``None`` = defaults).
+    unit_word_starts : dict, optional
+        ``{split: {id: [word start seconds]}}``; adds ``unit_word_ids`` (the word of
+        every unit, see :mod:`taste_toolkit.data.word_alignment`) for decoders that
+        train on it. ``unit_frame_rate`` (units per second) is then required.
 
     Returns
     -------
@@ -133,6 +138,21 @@ def build_datasets(manifests, text_tokenizer, units, speaker_vectors=None, sampl
 
         items = [audio_pipeline, text_pipeline, unit_pipeline]
         keys = ["id", "duration", "sig", "tokens", "word_ids", "units"]
+        if unit_word_starts is not None:
+            from taste_toolkit.data.word_alignment import unit_word_ids
+
+            starts = unit_word_starts[split]
+            no_times = [i for i in keep if i not in starts]
+            if no_times:
+                raise InputError(f"{split}: {len(no_times)} utterance(s) have no word times (e.g. {no_times[:3]}).")
+
+            @sb.utils.data_pipeline.takes("id")
+            @sb.utils.data_pipeline.provides("unit_word_ids")
+            def unit_word_pipeline(uid, _units=split_units, _starts=starts):
+                return unit_word_ids(_starts[uid], len(_units[uid]), unit_frame_rate)
+
+            items.append(unit_word_pipeline)
+            keys.append("unit_word_ids")
         if speaker_vectors is not None:
 
             @sb.utils.data_pipeline.takes("id")

@@ -138,8 +138,9 @@ class TasteTokenizerBrain(sb.Brain):
         tok_lens = relative_to_absolute(tok_rel, tokens.shape[1])
         unit_lens = relative_to_absolute(unit_rel, units.shape[1])
         speaker = batch.spk_emb.data if hasattr(batch, "spk_emb") else None
+        unit_words = batch.unit_word_ids.data if hasattr(batch, "unit_word_ids") else None
         enc_out = self._encoder_out(batch)
-        out = self.modules.model(tokens, tok_lens, word_ids, units, unit_lens, enc_out, speaker)
+        out = self.modules.model(tokens, tok_lens, word_ids, units, unit_lens, enc_out, speaker, unit_words)
         if stage == sb.Stage.TEST and enc_out is not None and self._attention_example is None:
             self._keep_attention_example(batch, tokens, tok_lens, word_ids, enc_out)
         return out, tok_lens, enc_out
@@ -236,6 +237,8 @@ class TasteTokenizerBrain(sb.Brain):
         for k in ("top1", "top5"):
             if total:
                 stats[f"unit_{k}"] = round(c[f"{k}_correct"] / total, 4)
+        if c.get("boundary_total"):  # decoders that walk the words: how well they time them
+            stats["boundary_top1"] = round(c["boundary_top1_correct"] / c["boundary_total"], 4)
         seconds = c.get("seconds", 0.0)
         if seconds and "speech_tokens" in c:
             rate = c["speech_tokens"] / seconds
