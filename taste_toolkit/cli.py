@@ -27,6 +27,10 @@ Examples
     Word timestamps from the aggregator's attention.
 ``taste info --model DIR --audio a.wav --text "the cat sat"``
     Plugins, code geometry, parameters, and the token rate / bitrate on a sample.
+``taste generate --taslm results/taslm_token/1986/taslm --audio p.wav --text "the cat" --output out.wav``
+    Continue speech from a prompt with a trained TASLM (KV-cached joint text + TASTE generation).
+``taste score --taslm results/taslm_token/1986/taslm --manifest test.csv``
+    TASLM likelihood of (audio, text) pairs; ``--folder`` runs sSC/tSC-format two-choice sets.
 """
 
 import argparse
@@ -146,6 +150,8 @@ SUBCOMMANDS = {
     "edit": (commands.configure_edit, commands.run_edit),
     "align": (commands.configure_align, commands.run_align),
     "info": (commands.configure_info, commands.run_info),
+    "generate": (commands.configure_generate, commands.run_generate),
+    "score": (commands.configure_score, commands.run_score),
 }
 
 

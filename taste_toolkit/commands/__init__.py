@@ -6,6 +6,7 @@ for :data:`taste_toolkit.cli.SUBCOMMANDS`:
 * :mod:`.tokenize` -- ``taste tokenize`` (a manifest or folder -> resumable JSONL)
 * :mod:`.speech` -- ``taste resynthesize``, ``taste edit`` (tokens -> audio)
 * :mod:`.inspect` -- ``taste align``, ``taste info``
+* :mod:`.taslm` -- ``taste generate``, ``taste score`` (the spoken LM)
 
 This module holds the helpers they share: the ``--model``/``--device`` and
 decoding options, loading the tokenizer and audio, and writing wav files. Heavy
@@ -157,6 +158,7 @@ from taste_toolkit.commands.speech import (  # noqa: E402
     run_resynthesize,
 )
 from taste_toolkit.commands.tokenize import configure_tokenize, run_tokenize  # noqa: E402
+from taste_toolkit.commands.taslm import configure_generate, configure_score, run_generate, run_score  # noqa: E402
 
 __all__ = [
     "configure_tokenize", "run_tokenize",
@@ -164,4 +166,6 @@ __all__ = [
     "configure_edit", "run_edit",
     "configure_align", "run_align",
     "configure_info", "run_info",
+    "configure_generate", "run_generate",
+    "configure_score", "run_score",
 ]
