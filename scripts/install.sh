@@ -14,6 +14,18 @@ fi
 python -m pip install -q -e ".[test]"
 # resemblyzer (offline d-vector speaker model) needs pkg_resources from setuptools < 81.
 python -m pip install -q resemblyzer "setuptools<81"
+
+# Real-speech evaluation set (never committed): the Asterisk prompts (Debian, CC-BY-SA-3.0) and the
+# LibriVox clips of the pocketsphinx sdist (PyPI), written to results/real_speech. Optional: the
+# toolkit works without them (hparams/evaluate/real_speech.yaml needs them).
+if command -v apt-get >/dev/null 2>&1 && [ ! -d /usr/share/asterisk/sounds/en_US_f_Allison ]; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq asterisk-core-sounds-en asterisk-core-sounds-en-g722 >/dev/null \
+        || echo "warning: asterisk prompts not installed; the real-speech set will hold the LibriVox clips only"
+fi
+python -m taste_toolkit.evaluation.real_speech results/real_speech --asterisk 20 --cache results/real_speech_cache \
+    || python -m taste_toolkit.evaluation.real_speech results/real_speech --asterisk 0 --cache results/real_speech_cache \
+    || echo "warning: could not build the real-speech evaluation set (pip download of the pocketsphinx sdist failed)"
 # The out-of-tree example plugin (registers the `fsq` quantizer through its entry point).
 python -m pip install -q -e plugins/taste-plugin-fsq
 python -c "import taste_toolkit, taste_toolkit.registry as r; print('taste-toolkit', taste_toolkit.__version__, 'plugins:', r.available())"

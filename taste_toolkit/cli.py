@@ -27,6 +27,8 @@ Examples
     Word timestamps from the aggregator's attention.
 ``taste info --model DIR --audio a.wav --text "the cat sat"``
     Plugins, code geometry, parameters, and the token rate / bitrate on a sample.
+``taste evaluate --config hparams/evaluate/reconstruction.yaml --limit 5``
+    Score the systems of the YAML with its metrics; writes summary.md, CSVs and plots.
 ``taste generate --taslm results/taslm_token/1986/taslm --audio p.wav --text "the cat" --output out.wav``
     Continue speech from a prompt with a trained TASLM (KV-cached joint text + TASTE generation).
 ``taste score --taslm results/taslm_token/1986/taslm --manifest test.csv``
@@ -150,6 +152,7 @@ SUBCOMMANDS = {
     "edit": (commands.configure_edit, commands.run_edit),
     "align": (commands.configure_align, commands.run_align),
     "info": (commands.configure_info, commands.run_info),
+    "evaluate": (commands.configure_evaluate, commands.run_evaluate),
     "generate": (commands.configure_generate, commands.run_generate),
     "score": (commands.configure_score, commands.run_score),
 }

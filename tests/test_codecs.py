@@ -162,3 +162,20 @@ def test_speechtokenizer_refuses_pickled_code(tmp_path):
     with pytest.raises(ConfigError, match="Refused"):
         _build("speechtokenizer", model_dir=str(tmp_path))
     assert not os.path.exists(marker)
+
+
+def test_codec_system_reconstructs_at_its_own_rate_for_the_harness(mimi_dir):
+    from taste_toolkit.evaluation.codec_system import CodecSystem
+    from taste_toolkit.evaluation.systems import build_system
+
+    system = build_system({"name": "mimi", "type": "codec",
+                           "options": {"codec": "mimi", "codec_options": {"model": mimi_dir, "num_quantizers": 4}}})
+    assert isinstance(system, CodecSystem)
+    info = system.info()
+    assert info["alignment"] == "frame" and info["token_rate_hz"] == 12.5
+    assert info["bitrate_bps"] == pytest.approx(12.5 * 4 * 6)
+    wav = 0.1 * torch.randn(16000, generator=torch.Generator().manual_seed(0)).numpy()  # 1 s at 16 kHz
+    out, rate, extras = system.reconstruct(wav, 16000, "any text", "utt1")
+    assert rate == 24000 and abs(out.size - 24000) <= 24000 / 12.5
+    assert extras["speech_tokens"] == 13 and len(extras["codes"]) == 13 and len(extras["codes"][0]) == 4
+    assert extras["bits_per_token"] == pytest.approx(4 * 6)

@@ -6,6 +6,7 @@ for :data:`taste_toolkit.cli.SUBCOMMANDS`:
 * :mod:`.tokenize` -- ``taste tokenize`` (a manifest or folder -> resumable JSONL)
 * :mod:`.speech` -- ``taste resynthesize``, ``taste edit`` (tokens -> audio)
 * :mod:`.inspect` -- ``taste align``, ``taste info``
+* :mod:`.evaluate` -- ``taste evaluate`` (systems x metrics from a YAML)
 * :mod:`.taslm` -- ``taste generate``, ``taste score`` (the spoken LM)
 
 This module holds the helpers they share: the ``--model``/``--device`` and
@@ -158,6 +159,7 @@ from taste_toolkit.commands.speech import (  # noqa: E402
     run_resynthesize,
 )
 from taste_toolkit.commands.tokenize import configure_tokenize, run_tokenize  # noqa: E402
+from taste_toolkit.commands.evaluate import configure_evaluate, run_evaluate  # noqa: E402
 from taste_toolkit.commands.taslm import configure_generate, configure_score, run_generate, run_score  # noqa: E402
 
 __all__ = [
@@ -166,6 +168,7 @@ __all__ = [
     "configure_edit", "run_edit",
     "configure_align", "run_align",
     "configure_info", "run_info",
+    "configure_evaluate", "run_evaluate",
     "configure_generate", "run_generate",
     "configure_score", "run_score",
 ]

@@ -310,3 +310,46 @@ class OfflineASR:
                 if text:
                     words.append((text, float(w.start), float(w.end)))
         return words
+
+    def align_words(self, wav, sample_rate, text):
+        """Forced alignment of a known transcript: ``[(word, start_s, end_s)]`` for every word.
+
+        Whisper's cross-attention alignment heads + DTW (CTranslate2's
+        ``Whisper.align``, what faster-whisper uses for word timestamps), run on
+        the *given* text instead of a recognized one. Every word gets times
+        (20 ms resolution) even when the audio is unintelligible, so source and
+        reconstruction are segmented by the same aligner with the same words;
+        recognized-word timestamps instead lose the words the ASR misses.
+
+        Parameters
+        ----------
+        wav : array-like
+            ``(T,)`` waveform, at most 30 s.
+        sample_rate : int
+            Rate of ``wav`` (Hz).
+        text : str
+            Transcript (case is ignored; Whisper tiny.en aligns lower case best).
+
+        Returns
+        -------
+        list of (str, float, float)
+        """
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.tokenizer import Tokenizer
+
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("Forced alignment needs a non-empty transcript.")
+        audio = _to_16k(wav, sample_rate)
+        if audio.size > 30 * ASR_SAMPLE_RATE:
+            raise InputError(f"Forced alignment takes at most 30 s of audio, got {audio.size / ASR_SAMPLE_RATE:.1f} s.")
+        model = self.model
+        if getattr(self, "_tokenizer", None) is None:
+            self._tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
+                                        language="en")
+        features = model.feature_extractor(audio)
+        num_frames = max(1, features.shape[-1] - 1)
+        encoded = model.encode(pad_or_trim(features[:, :num_frames]))
+        tokens = self._tokenizer.encode(" " + " ".join(text.lower().split()))
+        result = model.find_alignment(self._tokenizer, [tokens], encoded, num_frames)[0]
+        return [(r["word"].strip(), float(r["start"]), float(r["end"])) for r in result if r["word"].strip()]
+

@@ -104,3 +104,47 @@ def word_duration_consistency(ref_words, hyp_words, tolerance=0.025):
         "consistent": consistent,
         "total": total,
     }
+
+
+def project_words_dtw(ref, hyp, sample_rate, ref_words):
+    """Carry known source word times onto a reconstruction through a DTW frame alignment.
+
+    The log-mel frames (10 ms) of both signals are paired by DTW (as for MCD,
+    :mod:`taste_toolkit.metrics.signal`); a source time ``t`` maps to the mean
+    time of the reconstruction frames paired with source frame ``round(t / 10 ms)``.
+    Text-free, so it also segments unintelligible reconstructions, but it is
+    only as good as the spectral match: use it when the source boundaries are
+    known (corpus metadata) and the two signals say the same thing.
+
+    Parameters
+    ----------
+    ref, hyp : array-like
+        Waveforms ``(T_ref,)``, ``(T_hyp,)`` at ``sample_rate``.
+    sample_rate : int
+        Common rate (Hz).
+    ref_words : list of (str, float, float)
+        Source words with times (seconds).
+
+    Returns
+    -------
+    list of (str, float, float)
+        The same words with their times in the reconstruction (identical signals
+        give identical times up to the 10 ms frame grid).
+    """
+    import numpy as np
+
+    from taste_toolkit.metrics.signal import HOP_SECONDS, _log_mel_pair, _pair_frames
+
+    m_ref, m_hyp = _log_mel_pair(ref, hyp, sample_rate)
+    i, j = _pair_frames(m_ref, m_hyp, dtw=True)
+    n_ref = m_ref.shape[1]
+    sums, counts = np.zeros(n_ref), np.zeros(n_ref)
+    np.add.at(sums, i, j)
+    np.add.at(counts, i, 1)
+    mapped = sums / np.maximum(counts, 1)  # DTW paths cover every source frame
+
+    def to_hyp(t):
+        return float(mapped[min(max(int(round(float(t) / HOP_SECONDS)), 0), n_ref - 1)] * HOP_SECONDS)
+
+    _normalized(ref_words, "ref_words")  # validates the triples
+    return [(w, to_hyp(s), to_hyp(e)) for w, s, e in ref_words]

@@ -305,7 +305,7 @@ def pitch_track(wav, sample_rate):
     return f0, voiced
 
 
-def f0_metrics(ref, hyp, sample_rate, min_voiced_frames=3):
+def f0_metrics(ref, hyp, sample_rate, min_voiced_frames=3, ref_track=None):
     """F0 RMSE and correlation on frames voiced in both signals.
 
     Frames (10 ms) are paired by DTW on :func:`log_mel` features; only pairs
@@ -319,6 +319,9 @@ def f0_metrics(ref, hyp, sample_rate, min_voiced_frames=3):
         Common sample rate (Hz).
     min_voiced_frames : int
         Below this many jointly voiced pairs both statistics are NaN.
+    ref_track : tuple, optional
+        ``pitch_track(ref, sample_rate)`` computed earlier (the source is
+        scored against several systems; pYIN is the slow part).
 
     Returns
     -------
@@ -326,7 +329,7 @@ def f0_metrics(ref, hyp, sample_rate, min_voiced_frames=3):
         ``f0_rmse_hz`` (float, Hz), ``f0_corr`` (Pearson; NaN also when one
         side has constant F0), ``voiced_frames`` (int, jointly voiced pairs).
     """
-    f0_ref, v_ref = pitch_track(ref, sample_rate)
+    f0_ref, v_ref = ref_track if ref_track is not None else pitch_track(ref, sample_rate)
     f0_hyp, v_hyp = pitch_track(hyp, sample_rate)
     m_ref, m_hyp = _log_mel_pair(ref, hyp, sample_rate)
     # Same hop and centring, so counts agree; min() guards off-by-one drift.
