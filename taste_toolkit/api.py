@@ -91,6 +91,9 @@ class TasteTokenizer:
     device : str
     """
 
+    #: Tokens follow the transcript, one per word/text token ("frame" for LM-SPT's fixed-rate tokens).
+    alignment = "text"
+
     def __init__(self, model, text_tokenizer, units=None, speaker=None, vocoder=None, device="cpu"):
         self.model = model.to(device).eval()
         self.text_tokenizer = text_tokenizer
@@ -151,6 +154,7 @@ class TasteTokenizer:
         }
         q = self.model.quantizer
         out = {
+            "alignment": self.alignment,
             "plugins": {r: getattr(o, "build_spec", {}).get("name", type(o).__name__) for r, o in comps.items() if o is not None},
             "parameters": params,
             "fingerprint": self.fingerprint,

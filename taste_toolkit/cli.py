@@ -33,6 +33,8 @@ Examples
     Continue speech from a prompt with a trained TASLM (KV-cached joint text + TASTE generation).
 ``taste score --taslm results/taslm_token/1986/taslm --manifest test.csv``
     TASLM likelihood of (audio, text) pairs; ``--folder`` runs sSC/tSC-format two-choice sets.
+
+``--model`` accepts TASTE (text-aligned) and LM-SPT (frame-rate) tokenizer folders.
 """
 
 import argparse

@@ -60,6 +60,7 @@ def test_save_load_round_trip(tokenizer, saved):
     loaded = TasteTokenizer.from_pretrained(saved)
     assert loaded.fingerprint == tokenizer.fingerprint
     assert loaded.info()["plugins"] == tokenizer.info()["plugins"]
+    assert loaded.info()["alignment"] == "text"  # one speech token per word (LM-SPT says "frame")
     wav = _wav(1.7, 3)
     a, b = tokenizer.encode(wav, SR, TEXTS[0]), loaded.encode(wav, SR, TEXTS[0])
     assert torch.equal(a.codes, b.codes)

@@ -9,6 +9,9 @@ for :data:`taste_toolkit.cli.SUBCOMMANDS`:
 * :mod:`.evaluate` -- ``taste evaluate`` (systems x metrics from a YAML)
 * :mod:`.taslm` -- ``taste generate``, ``taste score`` (the spoken LM)
 
+Verbs that take ``--model`` accept TASTE (text-aligned) and LM-SPT (frame-rate)
+tokenizer folders; ``edit`` and ``align`` need text-aligned ones.
+
 This module holds the helpers they share: the ``--model``/``--device`` and
 decoding options, loading the tokenizer and audio, and writing wav files. Heavy
 imports (torch, the model) happen inside the functions so ``taste --help`` stays
@@ -73,8 +76,8 @@ def resolve_device(device):
 
 
 def load_tokenizer(args):
-    """``TasteTokenizer.from_pretrained(args.model, device)`` with a CLI-friendly error."""
-    from taste_toolkit.api import TasteTokenizer
+    """The tokenizer in ``args.model`` (TASTE or LM-SPT, by its metadata), with a CLI-friendly error."""
+    from taste_toolkit.lmspt.api import load_tokenizer as load_any
 
     if not args.model:
         raise InputError("--model DIR is required: the tokenizer folder to use.")
@@ -83,7 +86,22 @@ def load_tokenizer(args):
             f"--model {args.model!r} is not a folder. Pass the standalone tokenizer folder "
             "(the recipe writes <output_folder>/tokenizer; recipes/librispeech/export.py makes one)."
         )
-    return TasteTokenizer.from_pretrained(args.model, device=resolve_device(args.device))
+    return load_any(args.model, device=resolve_device(args.device))
+
+
+def is_text_aligned(tokenizer):
+    """True for tokenizers whose tokens follow the transcript (TASTE), False for frame-rate ones (LM-SPT)."""
+    return getattr(tokenizer, "alignment", "text") == "text"
+
+
+def require_text_aligned(tokenizer, model, verb):
+    """Refuse verbs that need one token per word on a frame-rate tokenizer."""
+    if not is_text_aligned(tokenizer):
+        raise InputError(
+            f"taste {verb} needs a text-aligned tokenizer (one speech token per word), but --model {model!r} "
+            f"makes {tokenizer.alignment}-rate tokens ({tokenizer.info().get('token_rate_hz')} Hz). "
+            "Use a TASTE tokenizer folder."
+        )
 
 
 def encoder_sample_rate(tokenizer):

@@ -15,13 +15,15 @@ from taste_toolkit.commands import (
     load_tokenizer,
     read_audio,
     require_text,
+    require_text_aligned,
 )
 from taste_toolkit.errors import InputError
 
 
 def _encode_sample(tokenizer, args, alignment=False):
     wav = read_audio(args.audio, tokenizer)
-    return tokenizer.encode(wav, encoder_sample_rate(tokenizer), args.text, return_alignment=alignment)
+    options = {"return_alignment": True} if alignment else {}  # frame-rate tokenizers have no alignment
+    return tokenizer.encode(wav, encoder_sample_rate(tokenizer), args.text, **options)
 
 
 # ---------------------------------------------------------------- align
@@ -52,6 +54,7 @@ def run_align(args):
 
     require_text(args.text)
     tokenizer = load_tokenizer(args)
+    require_text_aligned(tokenizer, args.model, "align")
     tokens = _encode_sample(tokenizer, args, alignment=True)
     if tokens.alignment is None:
         raise InputError(

@@ -13,9 +13,11 @@ from taste_toolkit.commands import (
     add_model_arguments,
     encoder_sample_rate,
     generation_options,
+    is_text_aligned,
     load_tokenizer,
     read_audio,
     require_text,
+    require_text_aligned,
     require_vocoder,
     write_wav,
 )
@@ -24,6 +26,12 @@ from taste_toolkit.errors import InputError
 
 def _decode_and_write(tokenizer, tokens, args):
     """Decode ``tokens`` and write ``args.output``; returns the summary dict."""
+    if not is_text_aligned(tokenizer):  # frame tokens decode deterministically: no unit sampling options
+        speech = tokenizer.decode(tokens)
+        seconds = write_wav(args.output, speech.waveforms[0], speech.sample_rate)
+        return {"output": args.output, "speech_tokens": int(tokens.codes.shape[0]),
+                "frames": int(speech.features[0].shape[0]), "seconds": round(seconds, 3),
+                "sample_rate": speech.sample_rate}
     speech = tokenizer.decode(tokens, **generation_options(args))
     seconds = write_wav(args.output, speech.waveforms[0], speech.sample_rate)
     return {
@@ -44,7 +52,8 @@ def configure_resynthesize(parser):
     add_model_arguments(parser)
     parser.add_argument("--audio", required=True, metavar="WAV",
                         help="speech to resynthesize (any format soundfile reads; at most 30 s)")
-    parser.add_argument("--text", required=True, help="transcript of --audio (the words spoken)")
+    parser.add_argument("--text", help="transcript of --audio (the words spoken); required by text-aligned "
+                        "(TASTE) tokenizers, ignored by frame-rate ones (LM-SPT)")
     parser.add_argument("--output", required=True, metavar="OUT.wav",
                         help="where to write the resynthesized speech (16-bit, at the vocoder's sample rate)")
     add_generation_arguments(parser)
@@ -52,8 +61,9 @@ def configure_resynthesize(parser):
 
 def run_resynthesize(args):
     """Encode speech with its transcript and decode it back to a wav file."""
-    require_text(args.text)
     tokenizer = load_tokenizer(args)
+    if is_text_aligned(tokenizer):
+        require_text(args.text)
     require_vocoder(tokenizer, args.model)
     wav = read_audio(args.audio, tokenizer)
     tokens = tokenizer.encode(wav, encoder_sample_rate(tokenizer), args.text)
@@ -104,6 +114,7 @@ def run_edit(args):
     require_text(args.text)
     words = parse_words(args.words)
     tokenizer = load_tokenizer(args)
+    require_text_aligned(tokenizer, args.model, "edit")
     require_vocoder(tokenizer, args.model)
     sr = encoder_sample_rate(tokenizer)
     wav_a = read_audio(args.audio_a, tokenizer, "--audio-a")

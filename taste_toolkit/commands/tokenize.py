@@ -35,7 +35,7 @@ import os
 import re
 from collections import namedtuple
 
-from taste_toolkit.commands import add_model_arguments, encoder_sample_rate, load_tokenizer, MAX_SECONDS
+from taste_toolkit.commands import add_model_arguments, encoder_sample_rate, is_text_aligned, load_tokenizer, MAX_SECONDS
 from taste_toolkit.errors import InputError, TasteError
 
 logger = logging.getLogger(__name__)
@@ -294,14 +294,14 @@ def _encode(tokenizer, ready, embeddings):
     return out
 
 
-def _load(item, sample_rate):
-    """The item's waveform; raises InputError for a bad item."""
+def _load(item, sample_rate, needs_text=True):
+    """The item's waveform; raises InputError for a bad item (no transcript: only when ``needs_text``)."""
     from taste_toolkit.audio import load_audio
 
-    if item.text is None:
+    if needs_text and item.text is None:
         raise InputError("no transcript: add <stem>.txt or <stem>.lab next to the audio, or a LibriSpeech "
                          "*.trans.txt in its folder")
-    if not item.text.strip():
+    if needs_text and not item.text.strip():
         raise InputError("empty transcript: TASTE tokens are aligned to the words spoken")
     if not item.wav:
         raise InputError("empty wav path in the manifest")
@@ -314,6 +314,7 @@ def tokenize_items(tokenizer, items, output, errors_path, done, batch_size=16, e
 
     todo = [item for item in items if item.id not in done]
     sr = encoder_sample_rate(tokenizer)
+    needs_text = is_text_aligned(tokenizer)  # frame-rate tokenizers (LM-SPT) read audio only
     tokenized = failed = 0
     bar = tqdm(total=len(items), initial=len(items) - len(todo), disable=not progress, unit="utt", desc="tokenize")
     with open(output, "a", encoding="utf-8") as out, open(errors_path, "w", encoding="utf-8") as err:
@@ -322,7 +323,7 @@ def tokenize_items(tokenizer, items, output, errors_path, done, batch_size=16, e
             ready, results = [], []
             for item in batch:
                 try:
-                    ready.append((item, _load(item, sr)))
+                    ready.append((item, _load(item, sr, needs_text)))
                 except TasteError as exc:
                     results.append((item, exc))
             try:

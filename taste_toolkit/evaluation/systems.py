@@ -36,7 +36,8 @@ Built-in types: ``original`` (the source audio), ``tokenizer`` (an exported
 TASTE tokenizer: encode -> decode -> vocoder), ``units_topline`` (the source's
 ground-truth units through the tokenizer's vocoder), ``directory`` (wavs made
 elsewhere, ``<folder>/<utt_id>.wav``). Types in their own modules: ``codec``
-(EnCodec, Mimi, SpeechTokenizer; ``codec_system.py``). New types register with
+(EnCodec, Mimi, SpeechTokenizer; ``codec_system.py``), ``lmspt`` and
+``mel_topline`` (``lmspt_system.py``). New types register with
 ``@register_system("<type>")``; a module named
 ``taste_toolkit/evaluation/<type>_system.py`` is imported on first use of ``type: <type>``.
 A system that cannot be built (model not available, :class:`~taste_toolkit.errors.TasteError`)
@@ -53,6 +54,8 @@ import numpy as np
 from taste_toolkit.errors import ConfigError, InputError, MissingResourceError
 
 _SYSTEMS = {}
+#: Types registered by a module not named after them (taste_toolkit/evaluation/<module>_system.py).
+_TYPE_MODULES = {"mel_topline": "lmspt"}
 
 
 def register_system(type_name):
@@ -81,7 +84,7 @@ def build_system(spec, decoding=None):
     if kind not in _SYSTEMS and isinstance(kind, str) and kind.isidentifier():
         # System types living in their own module of this package: taste_toolkit/evaluation/<type>_system.py
         try:
-            importlib.import_module(f"taste_toolkit.evaluation.{kind}_system")
+            importlib.import_module(f"taste_toolkit.evaluation.{_TYPE_MODULES.get(kind, kind)}_system")
         except ModuleNotFoundError:
             pass
     if kind not in _SYSTEMS:
