@@ -99,6 +99,30 @@ def test_sdpa_path_equals_explicit_path(pooling):
 
 
 @pytest.mark.parametrize("pooling", ["mean", "none"])
+def test_eager_implementation_equals_sdpa(pooling):
+    """``attention_implementation: eager`` (official-style explicit attention) gives
+    the SDPA outputs, weights included, and keeps gradients equal too."""
+    sdpa = make(word_pooling=pooling).train()
+    eager = make(word_pooling=pooling, attention_implementation="eager").train()
+    eager.load_state_dict(sdpa.state_dict())
+    assert all(layer.encoder_attn.implementation == "eager" for layer in eager.layers)
+    tokens, lens, wids = text(WORDS)
+    enc = encoder_out([20, 13], garbage=True)
+    fast, slow = sdpa(tokens, lens, wids, enc), eager(tokens, lens, wids, enc)
+    torch.testing.assert_close(fast.embeddings, slow.embeddings, atol=1e-5, rtol=0)
+    fast.embeddings.square().sum().backward()
+    slow.embeddings.square().sum().backward()
+    for (name, a), b in zip(sdpa.named_parameters(), eager.parameters()):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-4, msg=name)
+    sdpa.eval(), eager.eval()
+    with_weights = [m(tokens, lens, wids, enc, need_weights=True) for m in (sdpa, eager)]
+    torch.testing.assert_close(with_weights[0].attention, with_weights[1].attention, atol=1e-6, rtol=0)
+    with pytest.raises(ConfigError, match="attention_implementation"):
+        make(attention_implementation="flash")
+
+
+@pytest.mark.parametrize("pooling", ["mean", "none"])
 def test_padding_invariance_text_and_audio(pooling):
     agg = make(word_pooling=pooling)
     rows = [[0, 0, 1, 2, 2, 2]]

@@ -6,8 +6,12 @@ from the encoder's deep tap and values from its shallow tap, then a GELU FFN.
 One output vector per text token; with ``word_pooling: mean`` the vectors of a
 word's sub-words are averaged into one vector per word (the official setting).
 
-Attention uses PyTorch SDPA; when attention weights are asked for (plots,
-alignment) the layers holding the alignment heads are computed explicitly instead.
+Attention uses PyTorch SDPA (``attention_implementation: sdpa``, the default);
+when attention weights are asked for (plots, alignment) only the layers holding
+the alignment heads are computed explicitly. ``attention_implementation: eager``
+computes every attention explicitly (softmax of ``QK^T``), as the official code
+does for its key/value split; both give the same outputs (within float rounding),
+``eager`` only exists to measure the difference (``benchmarks/run.py``).
 """
 
 import logging
@@ -23,11 +27,23 @@ from taste_toolkit.registry import register
 logger = logging.getLogger(__name__)
 
 
-class SplitAttention(nn.Module):
-    """Multi-head attention whose keys and values may come from different tensors."""
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 
-    def __init__(self, d_model, num_heads, key_dim=None, value_dim=None, dropout=0.0):
+
+class SplitAttention(nn.Module):
+    """Multi-head attention whose keys and values may come from different tensors.
+
+    ``implementation`` is ``"sdpa"`` (fused kernel; explicit only when the weights
+    are wanted) or ``"eager"`` (always explicit).
+    """
+
+    def __init__(self, d_model, num_heads, key_dim=None, value_dim=None, dropout=0.0, implementation="sdpa"):
         super().__init__()
+        if implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ConfigError(
+                f"attention_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}."
+            )
+        self.implementation = implementation
         if d_model % num_heads:
             raise ConfigError(f"d_model={d_model} is not divisible by num_heads={num_heads}.")
         self.num_heads = num_heads
@@ -47,7 +63,7 @@ class SplitAttention(nn.Module):
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(keys)), self._heads(self.v_proj(values))
         weights = None
         p = self.dropout if self.training else 0.0
-        if need_weights:  # explicit path: the weights are wanted (alignment plots)
+        if need_weights or self.implementation == "eager":  # explicit: weights wanted, or eager asked for
             scores = q @ k.transpose(-1, -2) / self.head_dim**0.5
             if is_causal:
                 n, t = scores.shape[-2:]
@@ -66,11 +82,11 @@ class SplitAttention(nn.Module):
 class AggregatorLayer(nn.Module):
     """Whisper-decoder-shaped layer: causal self-attn, split K/V cross-attn, FFN."""
 
-    def __init__(self, d_model, num_heads, ffn_dim, key_dim, value_dim, dropout):
+    def __init__(self, d_model, num_heads, ffn_dim, key_dim, value_dim, dropout, implementation="sdpa"):
         super().__init__()
-        self.self_attn = SplitAttention(d_model, num_heads, dropout=dropout)
+        self.self_attn = SplitAttention(d_model, num_heads, dropout=dropout, implementation=implementation)
         self.self_attn_layer_norm = nn.LayerNorm(d_model)
-        self.encoder_attn = SplitAttention(d_model, num_heads, key_dim, value_dim, dropout)
+        self.encoder_attn = SplitAttention(d_model, num_heads, key_dim, value_dim, dropout, implementation)
         self.encoder_attn_layer_norm = nn.LayerNorm(d_model)
         self.fc1 = nn.Linear(d_model, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, d_model)
@@ -170,6 +186,11 @@ class CrossAttentionAggregator(Aggregator):
         weights are asked for. Empty = Whisper's own ``alignment_heads`` (from its
         ``generation_config.json``) with ``init_from_whisper``, else every head of
         the last layer.
+    attention_implementation : str
+        ``"sdpa"`` (default: PyTorch's fused attention; the layers holding the
+        alignment heads are computed explicitly only when weights are asked for)
+        or ``"eager"`` (every attention computed explicitly, as the official code;
+        same outputs, slower; kept for benchmarks).
     """
 
     def __init__(
@@ -189,6 +210,7 @@ class CrossAttentionAggregator(Aggregator):
         freeze_embeddings: bool = False,
         use_whisper_prompt: bool = True,
         alignment_heads: list = (),
+        attention_implementation: str = "sdpa",
     ):
         super().__init__()
         if word_pooling not in ("mean", "none"):
@@ -200,7 +222,8 @@ class CrossAttentionAggregator(Aggregator):
         self.embed_tokens = nn.Embedding(vocab_size, self.d_model)
         self.embed_positions = nn.Embedding(max_positions, self.d_model)
         self.layers = nn.ModuleList(
-            AggregatorLayer(self.d_model, num_heads, ffn_dim or 4 * self.d_model, key_dim, value_dim, dropout)
+            AggregatorLayer(self.d_model, num_heads, ffn_dim or 4 * self.d_model, key_dim, value_dim, dropout,
+                            attention_implementation)
             for _ in range(num_layers)
         )
         self.layer_norm = nn.LayerNorm(self.d_model)
