@@ -21,7 +21,6 @@ import os
 import sys
 
 import speechbrain as sb
-from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -29,7 +28,7 @@ from librispeech_prepare import prepare_librispeech  # noqa: E402
 
 from taste_toolkit.hparams_loader import setup_experiment  # noqa: E402
 from taste_toolkit.data.unit_cache import load_units, prepare_units  # noqa: E402
-from taste_toolkit.training.data import build_datasets, compute_speaker_vectors  # noqa: E402
+from taste_toolkit.training.data import build_datasets, compute_speaker_vectors, train_loader_kwargs  # noqa: E402
 from taste_toolkit.training.export import export_tokenizer  # noqa: E402
 from taste_toolkit.training.tokenizer_brain import TasteTokenizerBrain  # noqa: E402
 
@@ -117,16 +116,7 @@ def main():
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    train_kwargs = dict(hparams["train_dataloader_opts"])
-    if hparams["dynamic_batching"]:
-        sampler = DynamicBatchSampler(
-            datasets[train], length_func=lambda x: float(x["duration"]), **hparams["dynamic_batch_sampler_train"]
-        )
-        train_kwargs = {"batch_sampler": sampler}
-        # SpeechBrain calls set_epoch() only on brain.train_sampler: without this the
-        # batch order would depend on how many epochs this process ran (not on the
-        # epoch number), and a resumed run would see other batches.
-        brain.train_sampler = sampler
+    train_kwargs = train_loader_kwargs(hparams, datasets[train], brain)
     valid = hparams["dev_splits"][0]
     brain.fit(
         hparams["epoch_counter"],

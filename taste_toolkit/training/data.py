@@ -169,3 +169,23 @@ def build_datasets(manifests, text_tokenizer, units, speaker_vectors=None, sampl
         ds = ds.filtered_sorted(sort_key="duration", key_test={"id": lambda i: i in keep_set})
         datasets[split] = ds
     return datasets
+
+
+def train_loader_kwargs(hparams, dataset, brain):
+    """Loader options of the training split: SpeechBrain's ``DynamicBatchSampler`` when
+    ``dynamic_batching`` is on (batches of similar durations, ``dynamic_batch_sampler_train``
+    options), else ``train_dataloader_opts``.
+
+    The sampler is also set as ``brain.train_sampler``: SpeechBrain calls ``set_epoch()``
+    only on that attribute, and without it the batch order would depend on how many epochs
+    this process ran (not on the epoch number), so a resumed run would see other batches.
+    """
+    from speechbrain.dataio.sampler import DynamicBatchSampler
+
+    if not hparams["dynamic_batching"]:
+        return dict(hparams["train_dataloader_opts"])
+    sampler = DynamicBatchSampler(
+        dataset, length_func=lambda x: float(x["duration"]), **hparams["dynamic_batch_sampler_train"]
+    )
+    brain.train_sampler = sampler
+    return {"batch_sampler": sampler}

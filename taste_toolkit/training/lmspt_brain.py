@@ -15,7 +15,6 @@ target, so the frozen Whisper runs on real audio once per utterance and, per ste
 only on the aux decoder's predicted log-mel (forward + backward to its input).
 """
 
-import json
 import logging
 import os
 
@@ -26,15 +25,14 @@ from taste_toolkit.utils import relative_to_absolute
 
 logger = logging.getLogger(__name__)
 
-CURVE_KEYS = ("loss", "recon", "distill")
-
-
 class LmsptBrain(TasteTokenizerBrain):
     """Trains ``modules.model`` (an :class:`~taste_toolkit.models.lmspt.LmsptModel`).
 
     Expected hparams: ``cache_encoder_outputs`` (bool), ``lr_annealing`` (optional),
     ``train_logger``, ``output_folder``, ``checkpointer``.
     """
+
+    curve_keys = ("loss", "recon", "distill")  # curves.png shows LM-SPT's loss terms
 
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
@@ -84,18 +82,6 @@ class LmsptBrain(TasteTokenizerBrain):
             if "usage" in k or "perplexity" in k:
                 stats[k] = round(sum(v) / len(v), 4)
         return stats
-
-    def _plot_curves(self, epoch, valid_stats):
-        """``curves.json`` as the TASTE Brain writes it; ``curves.png`` with LM-SPT's loss terms."""
-        super()._plot_curves(epoch, valid_stats)
-        if not sb.utils.distributed.if_main_process():
-            return
-        from taste_toolkit.training.plots import plot_curves
-
-        folder = self.hparams.output_folder
-        with open(os.path.join(folder, "curves.json")) as f:
-            history = json.load(f)
-        plot_curves(history, os.path.join(folder, "curves.png"), keys=CURVE_KEYS)
 
     def _write_test_outputs(self, stats):
         """``reconstruction.png``: real, reconstructed and semantic-only (aux) log-mel of one test utterance."""

@@ -21,13 +21,13 @@ import sys
 
 import speechbrain as sb
 from speechbrain.dataio.dataset import DynamicItemDataset
-from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.distributed import if_main_process
 
 from taste_toolkit.audio import load_audio
 from taste_toolkit.errors import InputError
 from taste_toolkit.hparams_loader import setup_experiment
 from taste_toolkit.training.lmspt_brain import LmsptBrain
+from taste_toolkit.training.data import train_loader_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +96,7 @@ def main(argv):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    train_kwargs = dict(hparams["train_dataloader_opts"])
-    if hparams["dynamic_batching"]:
-        sampler = DynamicBatchSampler(
-            datasets[train], length_func=lambda x: float(x["duration"]), **hparams["dynamic_batch_sampler_train"]
-        )
-        train_kwargs = {"batch_sampler": sampler}
-        brain.train_sampler = sampler  # set_epoch() per epoch: resumable batch order (see train.py)
+    train_kwargs = train_loader_kwargs(hparams, datasets[train], brain)
     brain.fit(
         hparams["epoch_counter"],
         datasets[train],

@@ -48,3 +48,32 @@ def plot_curves(history, path, keys=("loss",)):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def update_curves(folder, epoch, train_stats, valid_stats, keys=("loss",)):
+    """Record one epoch in ``<folder>/curves.json`` and redraw ``<folder>/curves.png``.
+
+    Epochs at or after ``epoch`` from an earlier (interrupted) run are replaced, so a
+    resumed run keeps its history without duplicates; an unreadable file restarts
+    the history with a warning. The JSON is written atomically: a kill while writing
+    never loses the earlier epochs.
+    """
+    import json
+    import logging
+    import os
+
+    from taste_toolkit.utils import atomic_write
+
+    path = os.path.join(folder, "curves.json")
+    history = []
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                history = [h for h in json.load(f) if h["epoch"] < epoch]
+        except (ValueError, KeyError, TypeError) as exc:
+            logging.getLogger(__name__).warning("%s is unreadable (%s); the curves restart from this epoch.", path, exc)
+    history.append({"epoch": epoch, "train": train_stats, "valid": valid_stats})
+    with atomic_write(path) as f:
+        json.dump(history, f, indent=1)
+    plot_curves(history, os.path.join(folder, "curves.png"), keys=keys)
+    return history

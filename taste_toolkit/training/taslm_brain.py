@@ -6,10 +6,8 @@ for the embedding head). Only trainable parameters reach the optimizer and the
 checkpoint (see :class:`taste_toolkit.taslm.model.TrainableParameters`).
 """
 
-import json
 import logging
 import math
-import os
 
 import speechbrain as sb
 
@@ -84,15 +82,7 @@ class TaslmBrain(sb.Brain):
         """Append to ``curves.json`` and redraw ``curves.png`` (loss, text perplexity, TASTE accuracy)."""
         if not sb.utils.distributed.if_main_process():
             return
-        from taste_toolkit.training.plots import plot_curves
+        from taste_toolkit.training.plots import update_curves
 
-        path = os.path.join(self.hparams.output_folder, "curves.json")
-        history = []
-        if os.path.exists(path):  # a resumed run keeps its earlier epochs
-            with open(path) as f:
-                history = [h for h in json.load(f) if h["epoch"] < epoch]
-        history.append({"epoch": epoch, "train": self.train_stats, "valid": valid_stats})
-        with open(path, "w") as f:
-            json.dump(history, f, indent=1)
-        plot_curves(history, os.path.join(self.hparams.output_folder, "curves.png"),
-                    keys=("loss", "text_ppl", "taste_acc_mean"))
+        update_curves(self.hparams.output_folder, epoch, self.train_stats, valid_stats,
+                      keys=("loss", "text_ppl", "taste_acc_mean"))

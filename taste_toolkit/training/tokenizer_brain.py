@@ -6,7 +6,6 @@ speech-token rate (Hz) and bitrate (bps). Relative SpeechBrain lengths are turne
 into absolute ones here, once; every plugin works with absolute lengths.
 """
 
-import json
 import logging
 import math
 import os
@@ -17,7 +16,7 @@ import torch
 from taste_toolkit.errors import TasteError
 from taste_toolkit.interfaces import EncoderOutput
 from taste_toolkit.training.checkpoints import make_robust
-from taste_toolkit.utils import atomic_write, relative_to_absolute
+from taste_toolkit.utils import relative_to_absolute
 
 logger = logging.getLogger(__name__)
 
@@ -271,24 +270,16 @@ class TasteTokenizerBrain(sb.Brain):
             self.test_stats = stats
             self._write_test_outputs(stats)
 
+    #: Statistics drawn in ``curves.png`` (subclasses with other losses override it).
+    curve_keys = ("loss", "unit_top5")
+
     def _plot_curves(self, epoch, valid_stats):
-        """Append this epoch to ``curves.json`` and redraw ``curves.png`` (loss, unit top-5)."""
+        """Append this epoch to ``curves.json`` and redraw ``curves.png`` (:attr:`curve_keys`)."""
         if not sb.utils.distributed.if_main_process():
             return
-        from taste_toolkit.training.plots import plot_curves
+        from taste_toolkit.training.plots import update_curves
 
-        path = os.path.join(self.hparams.output_folder, "curves.json")
-        history = []
-        if os.path.exists(path):  # a resumed run keeps the earlier epochs
-            try:
-                with open(path) as f:
-                    history = [h for h in json.load(f) if h["epoch"] < epoch]
-            except (ValueError, KeyError, TypeError) as exc:
-                logger.warning("%s is unreadable (%s); the curves restart from this epoch.", path, exc)
-        history.append({"epoch": epoch, "train": self.train_stats, "valid": valid_stats})
-        with atomic_write(path) as f:  # a kill while writing must not lose the earlier epochs
-            json.dump(history, f, indent=1)
-        plot_curves(history, os.path.join(self.hparams.output_folder, "curves.png"), keys=("loss", "unit_top5"))
+        update_curves(self.hparams.output_folder, epoch, self.train_stats, valid_stats, keys=self.curve_keys)
 
     def _write_test_outputs(self, stats):
         """Save the attention map of one test utterance (``attention.png``)."""
