@@ -12,6 +12,12 @@ Usage::
     python recipes/librispeech/ablation_table.py                # embedded corpus
     python recipes/librispeech/ablation_table.py --only taste text_only
     python recipes/librispeech/ablation_table.py -- --data_folder=/data/LibriSpeech ...
+    python recipes/librispeech/ablation_table.py --evaluate   # + the reconstruction metrics of every row
+
+``--evaluate`` scores every row's exported tokenizer (and the original audio and the
+units topline) with the evaluation harness of ``taste evaluate``, taking the data and
+metrics from ``--eval-config`` (default ``hparams/evaluate/reconstruction.yaml``);
+the summary goes to ``<output>/ablation_eval/summary.md``.
 """
 
 import argparse
@@ -67,11 +73,34 @@ def table(results):
     return "\n".join(lines)
 
 
+def evaluate_rows(names, seed, output, eval_config, limit=None):
+    """Score each row's exported tokenizer with the evaluation harness; returns the summary path."""
+    from taste_toolkit.evaluation import Evaluation, load_config, validate_config
+
+    tokenizers = {n: os.path.join(ROOT, "results", n, str(seed), "tokenizer") for n in names}
+    present = {n: p for n, p in tokenizers.items() if os.path.isdir(p)}
+    if not present:
+        raise SystemExit(f"No exported tokenizer among {sorted(tokenizers.values())}: train the rows first.")
+    systems = [{"name": "original", "type": "original"},
+               {"name": "units_topline", "type": "units_topline", "options": {"tokenizer": next(iter(present.values()))}}]
+    systems += [{"name": n, "type": "tokenizer", "options": {"path": p}} for n, p in present.items()]
+    folder = os.path.join(output, "ablation_eval")
+    config = load_config(eval_config, {"output_folder": folder, "limit": limit})
+    config = validate_config({**config, "systems": systems})
+    Evaluation(config).run()
+    return os.path.join(folder, "summary.md")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="Run only these rows (names: %s)." % ", ".join(r[0] for r in ROWS))
     parser.add_argument("--seed", type=int, default=1986)
     parser.add_argument("--output", default=os.path.join(ROOT, "results"))
+    parser.add_argument("--evaluate", action="store_true",
+                        help="Also score every row's exported tokenizer with the evaluation harness.")
+    parser.add_argument("--eval-config", default=os.path.join(ROOT, "hparams", "evaluate", "reconstruction.yaml"),
+                        help="Evaluation YAML giving the data and metrics for --evaluate (its systems are replaced).")
+    parser.add_argument("--eval-limit", type=int, default=None, help="First N utterances for --evaluate.")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="After --: overrides passed to every train.py run.")
     args = parser.parse_args(argv)
     extra = [a for a in args.extra if a != "--"]
@@ -90,6 +119,10 @@ def main(argv=None):
     with open(os.path.join(args.output, "ablation_table.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(text)
+    if args.evaluate:
+        summary = evaluate_rows(list(results), args.seed, args.output, args.eval_config, args.eval_limit)
+        with open(summary, encoding="utf-8") as f:
+            print(f.read())
 
 
 if __name__ == "__main__":
