@@ -268,3 +268,52 @@ def test_frames_aggregator_passes_tap_through(tap):
     assert torch.equal(out.lengths, enc.lengths)
     with pytest.raises(ConfigError, match="tap"):
         build("aggregator", "frames", {"tap": "both"}, key_dim=DK, value_dim=DV)
+
+
+def test_query_state_predicting_takes_the_state_before_each_token(tiny_whisper_dir):
+    """``predicting``: token i's vector is the (causal) state at position i - 1, the prompt's last for i = 0."""
+    tokens, lengths, word_ids = text([[0, 1, 2, 3], [0, 1, 2]])
+    enc = encoder_out([40, 30])
+    official = make(word_pooling="none")
+    shifted = make(word_pooling="none", query_state="predicting")
+    for agg in (official, shifted):
+        agg.prefix_ids = torch.tensor([3, 7])  # a two-token prompt, as Whisper's start-of-transcript ...
+    a = official(tokens, lengths, word_ids, enc).embeddings
+    b = shifted(tokens, lengths, word_ids, enc).embeddings
+    assert a.shape == b.shape == (2, 4, D)
+    torch.testing.assert_close(b[0, 1:], a[0, :3])
+    torch.testing.assert_close(b[1, 1:3], a[1, :2])
+    assert not torch.allclose(b[:, 0], a[:, 0])  # the prompt's last state, not token 0's
+    prompt_only = official(tokens[:, :0], torch.zeros(2, dtype=torch.long), word_ids[:, :0], enc)
+    assert prompt_only.embeddings.shape == (2, 0, D)
+    with pytest.raises(ConfigError, match="query_state"):
+        make(query_state="next")
+    with pytest.raises(ConfigError, match="Whisper prompt"):  # no prompt before the first token
+        make(query_state="predicting")(tokens, lengths, word_ids, enc)
+    with pytest.raises(ConfigError, match="Whisper prompt"):
+        make(vocab_size=1000, key_dim=64, value_dim=64, d_model=64, num_heads=4, ffn_dim=128, max_positions=64,
+             init_from_whisper=tiny_whisper_dir, use_whisper_prompt=False, query_state="predicting")
+
+
+def test_oracle_spans_pools_each_words_frames():
+    """Frame j (50 Hz) belongs to unit j // 2 (25 Hz) and so to that unit's word; mean + log duration."""
+    agg = build("aggregator", "oracle_spans", {"tap": "values"}, key_dim=DK, value_dim=DV)
+    assert agg.output_dim == DV + 1 and agg.needs_unit_word_ids
+    enc = encoder_out([8, 6], width=10, garbage=True)
+    tokens, lengths, word_ids = text([[0, 0, 1, 2], [0, 1]], pad_to=4)
+    unit_words = torch.tensor([[0, 1, 1, 2, 9], [0, 0, 1, 0, 0]])  # row 1: 3 units, then padding
+    out = agg(tokens, lengths, word_ids, enc, unit_word_ids=unit_words)
+    assert out.level == "word" and out.lengths.tolist() == [3, 2] and out.embeddings.shape == (2, 3, DV + 1)
+    v = enc.values
+    torch.testing.assert_close(out.embeddings[0, 0, :DV], v[0, 0:2].mean(0))
+    torch.testing.assert_close(out.embeddings[0, 1, :DV], v[0, 2:6].mean(0))
+    torch.testing.assert_close(out.embeddings[0, 2, :DV], v[0, 6:8].mean(0))  # frames 8-9 are padding
+    torch.testing.assert_close(out.embeddings[0, :, DV], torch.log(torch.tensor([2, 4, 2]) / 50.0 + 0.0183156),
+                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.embeddings[1, 0, :DV], v[1, 0:4].mean(0))  # units 0-1
+    torch.testing.assert_close(out.embeddings[1, 1, :DV], v[1, 4:6].mean(0))  # unit 2; frames 6+ are padding
+    assert torch.all(out.embeddings[1, 2] == 0)  # past the utterance's words
+    with pytest.raises(InputError, match="word times"):
+        agg(tokens, lengths, word_ids, enc)
+    with pytest.raises(ConfigError, match="tap"):
+        build("aggregator", "oracle_spans", {"tap": "middle"}, key_dim=DK, value_dim=DV)

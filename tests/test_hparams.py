@@ -25,6 +25,7 @@ EXPECTED = {
     "word_pointer.yaml": ("CrossAttentionAggregator", "ResidualVQQuantizer", "word"),
     "no_vq_word_pointer.yaml": ("CrossAttentionAggregator", "IdentityQuantizer", "word"),
     "text_only_word_pointer.yaml": ("NoAggregator", "IdentityQuantizer", None),
+    "oracle_spans.yaml": ("OracleSpansAggregator", "IdentityQuantizer", "word"),
 }
 
 

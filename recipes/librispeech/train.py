@@ -98,10 +98,10 @@ def main():
     units = {s: load_units(p) for s, p in unit_files.items()}
     speakers = compute_speaker_vectors(hparams["speaker"], splits, os.path.join(hparams["prep_folder"], "speaker"))
     word_starts = None
-    if getattr(hparams["decoder"], "needs_unit_word_ids", False):
+    if any(getattr(hparams[m], "needs_unit_word_ids", False) for m in ("decoder", "aggregator")):
         from taste_toolkit.data.word_alignment import split_word_starts
 
-        # The decoder trains on the word of every unit: read the corpus' word times.
+        # The decoder (or the oracle aggregator) uses the word of every unit: read the corpus' word times.
         data_folder = hparams["data_folder"] or hparams["corpus_folder"]
         word_starts = split_word_starts(data_folder, list(splits))
     datasets = build_datasets(

@@ -114,9 +114,14 @@ class TasteModel(nn.Module):
             return None
         return self.encoder(wavs, wav_lengths)
 
-    def tokenize(self, tokens, token_lengths, word_ids, encoder_out, need_weights=False):
-        """Aggregate and quantize: returns ``(SpeechTokens, QuantizerOutput, AggregatorOutput)``."""
-        agg = self.aggregator(tokens, token_lengths, word_ids, encoder_out, need_weights=need_weights)
+    def tokenize(self, tokens, token_lengths, word_ids, encoder_out, need_weights=False, unit_word_ids=None):
+        """Aggregate and quantize: returns ``(SpeechTokens, QuantizerOutput, AggregatorOutput)``.
+
+        ``unit_word_ids`` reaches only aggregators with ``needs_unit_word_ids`` (the
+        ``oracle_spans`` ceiling, which reads the corpus' word times).
+        """
+        extra = {"unit_word_ids": unit_word_ids} if getattr(self.aggregator, "needs_unit_word_ids", False) else {}
+        agg = self.aggregator(tokens, token_lengths, word_ids, encoder_out, need_weights=need_weights, **extra)
         if agg is None:
             return SpeechTokens(None, None, None, "none"), None, None
         if self.quantizer is None:
@@ -149,9 +154,9 @@ class TasteModel(nn.Module):
         speaker : torch.Tensor, optional
             ``(B, D_s)`` speaker vectors.
         unit_word_ids : torch.Tensor, optional
-            ``(B, S)`` word of each unit, for decoders with ``needs_unit_word_ids``.
+            ``(B, S)`` word of each unit, for decoders and aggregators with ``needs_unit_word_ids``.
         """
-        speech, q, agg = self.tokenize(tokens, token_lengths, word_ids, encoder_out)
+        speech, q, agg = self.tokenize(tokens, token_lengths, word_ids, encoder_out, unit_word_ids=unit_word_ids)
         dec_speech, dec_lengths = self.speech_for_decoder(speech, word_ids, token_lengths)
         extra = {}
         if getattr(self.decoder, "needs_word_ids", False):

@@ -145,6 +145,8 @@ class TasteTokenizerBrain(sb.Brain):
         return out, tok_lens, enc_out
 
     def _keep_attention_example(self, batch, tokens, tok_lens, word_ids, enc_out):
+        if getattr(self.modules.model.aggregator, "needs_unit_word_ids", False):
+            return  # the oracle_spans ceiling pools known spans: no attention to plot
         with torch.no_grad():
             agg = self.modules.model.aggregator(tokens[:1], tok_lens[:1], word_ids[:1], _first(enc_out), need_weights=True)
         if agg is not None and agg.attention is not None:

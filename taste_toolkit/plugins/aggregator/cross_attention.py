@@ -28,6 +28,11 @@ logger = logging.getLogger(__name__)
 
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+QUERY_STATES = ("token", "predicting")
+PREDICTING_NEEDS_PROMPT = (
+    "query_state 'predicting' reads the state before each token, so the first token needs the Whisper prompt "
+    "before it: set init_from_whisper (with use_whisper_prompt: True), or use query_state: token."
+)
 
 
 class SplitAttention(nn.Module):
@@ -191,6 +196,14 @@ class CrossAttentionAggregator(Aggregator):
         alignment heads are computed explicitly only when weights are asked for)
         or ``"eager"`` (every attention computed explicitly, as the official code;
         same outputs, slower; kept for benchmarks).
+    query_state : str
+        Which decoder state becomes token i's vector. ``"token"`` (official): the
+        state at token i's own position. A Whisper-initialized decoder was trained
+        to predict token i + 1 there, so its cross-attention looks at the *next*
+        token's audio. ``"predicting"``: the state one position earlier (the
+        prompt's last token for the first word), the one that predicts token i
+        and attends to token i's own audio, as Whisper's word timestamps read it.
+        Needs the Whisper prompt (``init_from_whisper`` with ``use_whisper_prompt``).
     """
 
     def __init__(
@@ -211,8 +224,12 @@ class CrossAttentionAggregator(Aggregator):
         use_whisper_prompt: bool = True,
         alignment_heads: list = (),
         attention_implementation: str = "sdpa",
+        query_state: str = "token",
     ):
         super().__init__()
+        if query_state not in QUERY_STATES:
+            raise ConfigError(f"query_state must be one of {QUERY_STATES}, got {query_state!r}.")
+        self.query_state = query_state
         if word_pooling not in ("mean", "none"):
             raise ConfigError(f"word_pooling must be 'mean' or 'none', got {word_pooling!r}.")
         self.vocab_size, self.key_dim, self.value_dim = vocab_size, key_dim, value_dim
@@ -233,6 +250,8 @@ class CrossAttentionAggregator(Aggregator):
             self._init_from_whisper(init_from_whisper, num_layers, use_whisper_prompt)
             if not self.alignment_heads:
                 self.alignment_heads = _whisper_alignment_heads(init_from_whisper, num_layers)
+        if query_state == "predicting" and init_from_whisper and not use_whisper_prompt:
+            raise ConfigError(PREDICTING_NEEDS_PROMPT)
         bad = [[l, h] for l, h in self.alignment_heads if not (0 <= l < num_layers and 0 <= h < num_heads)]
         if bad:
             raise ConfigError(f"alignment_heads {bad} are outside {num_layers} layers x {num_heads} heads.")
@@ -316,6 +335,8 @@ class CrossAttentionAggregator(Aggregator):
         """
         b, n = tokens.shape
         p = self.prefix_ids.numel()
+        if self.query_state == "predicting" and p == 0:
+            raise ConfigError(PREDICTING_NEEDS_PROMPT)
         if p + n > self.max_positions:
             raise InputError(
                 f"Transcript has {n} tokens; this aggregator handles at most {self.max_positions - p}. "
@@ -335,7 +356,9 @@ class CrossAttentionAggregator(Aggregator):
             x, weights = layer(x, causal, encoder_out.keys, encoder_out.values, frame_mask, want)
             if want:
                 picked += [weights[:, h] for l, h in heads if l == i]
-        x = self.layer_norm(x)[:, p:]
+        x = self.layer_norm(x)
+        # "predicting": token i's vector is the state that predicts it (position p + i - 1).
+        x = x[:, p - 1 : p - 1 + n] if self.query_state == "predicting" else x[:, p:]
         attention = alignment = None
         if picked:
             full = torch.stack(picked).mean(0)  # (B, p + n, T)
