@@ -43,6 +43,17 @@ _PARAM_PITCH = 3
 _LIB_NAMES = ("libespeak-ng.so.1", "libespeak-ng.so")
 
 
+def _libc_srand():
+    """``srand`` of this process's C library (espeak-ng's noise generator), or None where not found."""
+    try:
+        return ctypes.CDLL(None).srand
+    except (OSError, AttributeError, TypeError):  # e.g. Windows: no process-wide C library handle
+        return None
+
+
+_SRAND = _libc_srand()
+
+
 class _EventId(ctypes.Union):
     _fields_ = [
         ("number", ctypes.c_int),
@@ -218,6 +229,12 @@ class EspeakSynthesizer:
                 "such as 'en-us+m1', 'en+f3', 'en-gb-x-rp+m3' (not 'en-gb+f4'); "
                 "list them with `espeak-ng --voices=en`."
             )
+        # Voices with breath noise (the +f variants) draw it from libc's rand(), whose
+        # state is the whole process's: any other library calling rand() would change
+        # the audio. Reseed to libc's start-up state so an utterance's samples depend
+        # on its inputs only (same audio in-process, in a fork or in a pool worker).
+        if _SRAND is not None:
+            _SRAND(1)
         # Set after the voice: selecting a voice resets these parameters.
         lib.espeak_SetParameter(_PARAM_RATE, int(rate_wpm), 0)
         lib.espeak_SetParameter(_PARAM_PITCH, int(pitch), 0)
