@@ -49,6 +49,38 @@ def monotonic_path(cost):
     return np.array(rows[::-1]), np.array(cols[::-1])
 
 
+def token_frame_spans(weights, medfilt_width=7):
+    """First and last frame of each token on the DTW path through an attention matrix.
+
+    Arguments
+    ---------
+    weights : numpy.ndarray
+        ``(N, T)`` attention of N text tokens over T frames.
+    medfilt_width : int
+        Median filter width in frames (Whisper uses 7).
+
+    Returns
+    -------
+    first, last : numpy.ndarray
+        ``(N,)`` int frame indices (inclusive); every frame belongs to some token.
+    """
+    n, t = weights.shape
+    if t == 0 or n == 0:
+        raise InputError("Cannot align an utterance with no frames or no text tokens.")
+    # Whisper: standardize over tokens per frame, so frames every token attends to
+    # (attention sinks) stop dominating; then smooth along time.
+    std = weights.std(axis=0, keepdims=True)
+    z = (weights - weights.mean(axis=0, keepdims=True)) / np.where(std > 0, std, 1.0)
+    z = _median_filter(z, medfilt_width)
+    rows, cols = monotonic_path(-z)
+    first = np.full(n, t, dtype=int)
+    last = np.zeros(n, dtype=int)
+    for r, c in zip(rows, cols):
+        first[r] = min(first[r], c)
+        last[r] = max(last[r], c)
+    return first, last
+
+
 def word_timestamps(tokens, medfilt_width=7):
     """``[(word, start_s, end_s)]`` for :class:`~taste_toolkit.tokens.TasteTokens` with ``alignment``.
 
@@ -68,21 +100,7 @@ def word_timestamps(tokens, medfilt_width=7):
     if tokens.alignment is None or tokens.frame_rate <= 0:
         raise InputError("These tokens have no alignment: encode with return_alignment=True "
                          "using a model with a cross-attention aggregator.")
-    weights = tokens.alignment.float().cpu().numpy()  # (N, T)
-    n, t = weights.shape
-    if t == 0 or n == 0:
-        raise InputError("Cannot align an utterance with no frames or no text tokens.")
-    # Whisper: standardize over tokens per frame, so frames every token attends to
-    # (attention sinks) stop dominating; then smooth along time.
-    std = weights.std(axis=0, keepdims=True)
-    z = (weights - weights.mean(axis=0, keepdims=True)) / np.where(std > 0, std, 1.0)
-    z = _median_filter(z, medfilt_width)
-    rows, cols = monotonic_path(-z)
-    first = np.full(n, t, dtype=int)
-    last = np.zeros(n, dtype=int)
-    for r, c in zip(rows, cols):
-        first[r] = min(first[r], c)
-        last[r] = max(last[r], c)
+    first, last = token_frame_spans(tokens.alignment.float().cpu().numpy(), medfilt_width)
     word_ids = tokens.word_ids.tolist()
     out = []
     for w, word in enumerate(tokens.words):

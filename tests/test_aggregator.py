@@ -1,4 +1,6 @@
-"""Contract tests of the aggregator plugins: ``cross_attention``, ``none``, ``frames``."""
+"""Contract tests of the aggregator plugins: ``cross_attention``, ``none``, ``frames``, ``oracle_spans``, ``aligned_spans``."""
+
+import math
 
 import pytest
 import torch
@@ -317,3 +319,36 @@ def test_oracle_spans_pools_each_words_frames():
         agg(tokens, lengths, word_ids, enc)
     with pytest.raises(ConfigError, match="tap"):
         build("aggregator", "oracle_spans", {"tap": "middle"}, key_dim=DK, value_dim=DV)
+
+
+def test_aligned_spans_pools_contiguous_dtw_spans_and_batches_like_alone():
+    """Each word's vector is the mean of the value tap over one contiguous frame span (+ log duration);
+    spans tile the frames in order; an utterance gives the same vectors alone and padded in a batch."""
+    torch.manual_seed(0)
+    opts = {"num_layers": 2, "num_heads": 4, "ffn_dim": 32, "max_positions": 32, "medfilt_width": 3,
+            "alignment_heads": [[1, 0], [1, 1]]}
+    agg = build("aggregator", "aligned_spans", opts, vocab_size=VOCAB, key_dim=DK, value_dim=DV).eval()
+    assert agg.output_dim == DV + 1 and not any(p.requires_grad for p in agg.parameters())
+    enc = encoder_out([40, 25], garbage=True)
+    tokens, lengths, word_ids = text([[0, 0, 1, 2, 3], [0, 1, 1]], pad_to=6)
+    out = agg(tokens, lengths, word_ids, enc, need_weights=True)
+    assert out.level == "word" and out.lengths.tolist() == [4, 2] and out.embeddings.shape == (2, 4, DV + 1)
+    assert out.alignment.shape == (2, 6, 40)
+    v = enc.values
+    for i, (n_words, t) in enumerate([(4, 40), (2, 25)]):
+        total = 0.0
+        for w in range(n_words):
+            seconds = math.exp(float(out.embeddings[i, w, DV])) - math.exp(-4)
+            frames = round(seconds * 50.0)
+            assert frames >= 1
+            matches = [a for a in range(t - frames + 1)
+                       if torch.allclose(out.embeddings[i, w, :DV], v[i, a:a + frames].mean(0), atol=1e-5)]
+            assert matches, (i, w)  # a contiguous span of valid frames, never padding
+            total += frames
+        assert t <= total <= t + n_words  # DTW spans tile the frames (adjacent words may share one)
+    assert torch.all(out.embeddings[1, 2:] == 0)
+    alone = agg(tokens[1:, :3], lengths[1:], word_ids[1:, :3],
+                EncoderOutput(enc.keys[1:, :25], enc.values[1:, :25], enc.lengths[1:], 50.0))
+    torch.testing.assert_close(alone.embeddings[0], out.embeddings[1, :2])
+    with pytest.raises(ConfigError, match="medfilt_width"):
+        build("aggregator", "aligned_spans", {**opts, "medfilt_width": 4}, vocab_size=VOCAB, key_dim=DK, value_dim=DV)

@@ -26,6 +26,7 @@ EXPECTED = {
     "no_vq_word_pointer.yaml": ("CrossAttentionAggregator", "IdentityQuantizer", "word"),
     "text_only_word_pointer.yaml": ("NoAggregator", "IdentityQuantizer", None),
     "oracle_spans.yaml": ("OracleSpansAggregator", "IdentityQuantizer", "word"),
+    "aligned_spans.yaml": ("AlignedSpansAggregator", "ResidualVQQuantizer", "word"),
 }
 
 

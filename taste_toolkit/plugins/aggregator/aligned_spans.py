@@ -1,0 +1,125 @@
+"""``aligned_spans`` aggregator: pool each word's own frames, found by Whisper's alignment.
+
+What the probes showed (``recipes/librispeech/RESULTS.md``, session 4): the encoder
+frames inside a word's span carry its prosody (linear-probe balanced accuracy 0.80
+from the shallow tap, chance 0.125), but the ``cross_attention`` aggregator's word
+vectors do not (0.12-0.14). The Whisper-decoder residual stream is dominated by the
+text, and the alignment heads attend to one narrow point.
+
+This aggregator keeps the attention only for *where* a word is:
+
+1. a frozen, Whisper-exact decoder pass (keys and values = the encoder's last
+   layer, as Whisper was trained) gives the alignment heads' attention, read at
+   the position that predicts each token;
+2. Whisper-style DTW turns it into a monotonic token -> frames path
+   (:func:`taste_toolkit.alignment.token_frame_spans`);
+3. each word's vector is the mean of the *value* tap (a shallow layer: acoustic
+   detail) over its frames, plus the word's log duration.
+
+It has no trained parameters: the quantizer's projections and the decoder learn
+what to read. Compare with ``oracle_spans`` (the true spans) in
+``hparams/ablations/aligned_spans.yaml``.
+"""
+
+import math
+
+import torch
+
+from taste_toolkit.alignment import token_frame_spans
+from taste_toolkit.errors import ConfigError
+from taste_toolkit.interfaces import Aggregator, AggregatorOutput, EncoderOutput
+from taste_toolkit.plugins.aggregator.cross_attention import CrossAttentionAggregator
+from taste_toolkit.registry import register
+
+
+@register("aggregator", "aligned_spans")
+class AlignedSpansAggregator(Aggregator):
+    """Mean of the value tap over each word's DTW-aligned frames (+ log duration).
+
+    Arguments
+    ---------
+    vocab_size, key_dim, value_dim : int
+        Text vocabulary and encoder tap sizes (wired by the recipe).
+    init_from_whisper : str
+        Whisper source (hub id, folder, ``builtin:tiny.en``) of the frozen aligner:
+        its decoder layers, embeddings, prompt and alignment heads.
+    num_layers, num_heads, ffn_dim, max_positions : int
+        The aligner's geometry (the Whisper decoder's; tiny.en: 4, 6, 1536, 448).
+    alignment_heads : list of [layer, head]
+        Empty = Whisper's own (from its generation config).
+    medfilt_width : int
+        Median filter over time before DTW (Whisper: 7).
+    add_log_duration : bool
+        Append the aligned word's log duration in seconds.
+    """
+
+    def __init__(self, vocab_size: int, key_dim: int, value_dim: int, init_from_whisper: str = "",
+                 num_layers: int = 4, num_heads: int = 6, ffn_dim: int = 1536, max_positions: int = 448,
+                 alignment_heads: list = (), medfilt_width: int = 7, add_log_duration: bool = True):
+        super().__init__()
+        if medfilt_width < 1 or medfilt_width % 2 == 0:
+            raise ConfigError(f"medfilt_width must be an odd number >= 1, got {medfilt_width}.")
+        self.vocab_size, self.key_dim, self.value_dim = vocab_size, key_dim, value_dim
+        self.medfilt_width = medfilt_width
+        self.add_log_duration = add_log_duration
+        # Whisper-exact: values = keys (last layer), Whisper's own v_proj, its prompt.
+        self.aligner = CrossAttentionAggregator(
+            vocab_size, key_dim, key_dim, d_model=key_dim, num_layers=num_layers, num_heads=num_heads,
+            ffn_dim=ffn_dim, max_positions=max_positions, word_pooling="none", value_identity_init=False,
+            init_from_whisper=init_from_whisper, alignment_heads=list(alignment_heads),
+        )
+        self.aligner.requires_grad_(False)
+
+    def export(self, folder):
+        """Standalone options: the aligner's weights and prompt are in the checkpoint."""
+        return {"init_from_whisper": "", "alignment_heads": self.aligner.alignment_heads}
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.aligner.eval()  # frozen: no dropout, ever
+        return self
+
+    @property
+    def output_dim(self):
+        return self.value_dim + int(self.add_log_duration)
+
+    def forward(self, tokens, token_lengths, word_ids, encoder_out, need_weights=False):
+        """Pool per word.
+
+        Returns
+        -------
+        AggregatorOutput
+            ``embeddings (B, W, value_dim [+1])`` word-level; ``attention`` and
+            ``alignment`` ``(B, N, T)`` from the aligner when ``need_weights``.
+        """
+        keys = encoder_out.keys
+        with torch.no_grad():
+            exact = EncoderOutput(keys, keys, encoder_out.lengths, encoder_out.frame_rate)
+            aligned = self.aligner(tokens, token_lengths, word_ids, exact, need_weights=True)
+        alignment = aligned.alignment.float().cpu().numpy()  # (B, N, T), predicting positions
+        values = encoder_out.values
+        b, _, d = values.shape
+        token_lengths = token_lengths.long().cpu()
+        frame_lengths = encoder_out.lengths.long().cpu()
+        ids = word_ids.long().cpu()
+        num_words = [int(ids[i, : int(token_lengths[i])].max()) + 1 if int(token_lengths[i]) else 0 for i in range(b)]
+        w_max = max(max(num_words), 1)
+        out = values.new_zeros(b, w_max, self.output_dim)
+        for i in range(b):
+            n, t = int(token_lengths[i]), int(frame_lengths[i])
+            if n == 0 or t == 0:
+                continue
+            first, last = token_frame_spans(alignment[i, :n, :t], self.medfilt_width)
+            for w in range(num_words[i]):
+                members = (ids[i, :n] == w).nonzero().flatten().tolist()
+                if not members:
+                    continue
+                a, z = int(first[members].min()), int(last[members].max()) + 1
+                a, z = min(a, t - 1), max(min(z, t), min(a, t - 1) + 1)
+                out[i, w, :d] = values[i, a:z].mean(0)
+                if self.add_log_duration:
+                    out[i, w, d] = math.log((z - a) / encoder_out.frame_rate + math.exp(-4))
+        lengths = torch.tensor(num_words, device=values.device)
+        if need_weights:
+            return AggregatorOutput(out, lengths, "word", aligned.attention, aligned.alignment)
+        return AggregatorOutput(out, lengths, "word", None, None)
