@@ -243,3 +243,29 @@ def test_cli_verb_reports_config_errors(tmp_path, capsys):
     bad.write_text("output_folder: x\ndata: {metadata: y}\nsystems: [{name: a, type: original}]\nmetrics: [{name: mcd}]\n")
     assert main(["evaluate", "--config", str(bad), "--metrics", "wer"]) == 1
     assert "--metrics names ['wer']" in capsys.readouterr().err
+
+
+def test_word_walking_decoder_is_teacher_forced_on_reference_word_times(corpus, tiny_taste_model, tiny_whisper_dir,
+                                                                         tmp_path):
+    """A word_pointer tokenizer needs the word of every unit to be teacher-forced: the harness
+    passes the reference word times; without them its unit accuracy is skipped, not an error."""
+    from taste_toolkit.evaluation.systems import teacher_forced_counts
+
+    split, items = corpus
+    model, text_tok = tiny_taste_model(tiny_whisper_dir, [it["text"].lower() for it in items] * 10, tmp_path,
+                                       num_units=NUM_UNITS, sp_options={"vocab_size": 64, "model_type": "word"},
+                                       decoder_name="word_pointer_transformer")
+    ext = build("units", "mel_kmeans", {"num_units": NUM_UNITS, "kmeans_iters": 5})
+    wavs = [sf.read(os.path.join(os.path.dirname(split), it["audio"]), dtype="float32")[0] for it in items]
+    ext.fit([torch.from_numpy(w) for w in wavs])
+    tok = TasteTokenizer(model.eval(), text_tok, units=ext)
+    item, wav = items[0], wavs[0]
+    tokens = tok.encode(wav, 16000, item["text"])
+    with torch.no_grad():
+        units = ext(torch.from_numpy(wav)[None], torch.tensor([wav.size]))[0][0]
+    assert teacher_forced_counts(tok, tokens, units, None) == {}
+    words = list(zip(item["words"], item["word_start"], item["word_end"]))
+    counts = teacher_forced_counts(tok, tokens, units, words)
+    # Targets: every unit, one boundary between consecutive words, end of speech.
+    assert counts["tf_total"] == units.numel() + len(words)
+    assert 0 <= counts["tf_top1"] <= counts["tf_top5"] <= counts["tf_total"]

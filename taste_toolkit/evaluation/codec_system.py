@@ -47,7 +47,7 @@ class CodecSystem(System):
             "sample_rate": c.sample_rate,
         }
 
-    def reconstruct(self, wav, sample_rate, text, utt_id):
+    def reconstruct(self, wav, sample_rate, text, utt_id, words=None):
         import torchaudio.functional as AF
 
         x = torch.as_tensor(np.asarray(wav, dtype=np.float32))

@@ -32,6 +32,7 @@ a ``directory`` system's files whose IDs are not in the set are listed.
 
 import csv
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -230,12 +231,15 @@ class Evaluation:
                     self.unmatched[name] = system.unmatched_ids(self.ids)
                 if needs_plot:
                     self._save_attention(system, folder)
+                # Reference word times go to systems that take them (teacher forcing of
+                # word-walking decoders); older third-party systems keep their signature.
+                takes_words = "words" in inspect.signature(system.reconstruct).parameters
                 bar = tqdm(todo, desc=f"reconstruct {name}", disable=not self.progress, dynamic_ncols=True)
                 for utt in bar:
                     wav, sr = read_audio(utt.path)
                     start = time.time()
                     try:
-                        out, out_sr, extras = system.reconstruct(wav, sr, utt.text, utt.id)
+                        out, out_sr, extras = system.reconstruct(wav, sr, utt.text, utt.id, **({"words": utt.words} if takes_words else {}))
                         out = np.asarray(out, dtype=np.float32).reshape(-1)
                         if out.size == 0 or not np.isfinite(out).all():
                             raise InputError("the system returned no audio" if out.size == 0 else "NaN/inf samples")

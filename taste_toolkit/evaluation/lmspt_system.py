@@ -70,7 +70,7 @@ class LmsptSystem(System):
                 "token_rate_hz": rate, "bitrate_bps": rate * self.bits, "bits_per_token": self.bits,
                 "plugins": self.tok.info()["plugins"]}
 
-    def reconstruct(self, wav, sample_rate, text, utt_id):
+    def reconstruct(self, wav, sample_rate, text, utt_id, words=None):
         tokens = self.tok.encode(wav, sample_rate, text)
         tokens.codes = tokens.codes[:, : self.streams]
         speech = self.tok.decode(tokens, use_aux_decoder=self.use_aux_decoder)
@@ -100,7 +100,7 @@ class MelToplineSystem(System):
     def info(self):
         return {"path": self.path, "alignment": "frame", "token_rate_hz": 100.0, "bits_per_token": None}
 
-    def reconstruct(self, wav, sample_rate, text, utt_id):
+    def reconstruct(self, wav, sample_rate, text, utt_id, words=None):
         from taste_toolkit.audio import prepare_waveform
 
         x = prepare_waveform(wav, sample_rate, target_sr=self.tok.model.encoder.sample_rate)

@@ -12,7 +12,9 @@ Interface (subclass :class:`System`):
     Plain-data options from the YAML, plus the harness's ``decoding`` block
     (``top_k``, ``temperature``, ``seed``, ``max_len_ratio``) passed as
     ``decoding=`` to types that accept it.
-``reconstruct(wav, sample_rate, text, utt_id) -> (wav, sample_rate, extras)``
+``reconstruct(wav, sample_rate, text, utt_id, words=None) -> (wav, sample_rate, extras)``
+    ``words`` (optional parameter) is the reference ``[(word, start_s, end_s)]``
+    when the evaluation set has word times, else ``None``.
     ``wav`` is the source ``(T,)`` float32 NumPy array; return the output
     waveform ``(T',)`` at *any* rate (the harness resamples it to the source's
     rate before scoring) and a JSON-able ``extras`` dict. Keys the built-in
@@ -105,7 +107,7 @@ class System:
     type_name = "system"
     cacheable = True
 
-    def reconstruct(self, wav, sample_rate, text, utt_id):
+    def reconstruct(self, wav, sample_rate, text, utt_id, words=None):
         raise NotImplementedError
 
     def info(self):
@@ -121,7 +123,7 @@ class OriginalSystem(System):
 
     cacheable = False
 
-    def reconstruct(self, wav, sample_rate, text, utt_id):
+    def reconstruct(self, wav, sample_rate, text, utt_id, words=None):
         return wav, sample_rate, {}
 
 
@@ -148,8 +150,15 @@ def _source_units(tok, wav, sample_rate):
     return units[0, : int(lengths[0])]
 
 
-def teacher_forced_counts(tok, tokens, units):
+def teacher_forced_counts(tok, tokens, units, words=None):
     """Top-1/top-5 hits of the unit decoder fed the true previous units (EOS included).
+
+    Arguments
+    ---------
+    words : list of (word, start_s, end_s), optional
+        Reference word times. Decoders that walk the words (``needs_unit_word_ids``,
+        e.g. ``word_pointer_transformer``) are teacher-forced on them, as in training;
+        without them those decoders are not scored (empty dict).
 
     Returns
     -------
@@ -161,6 +170,15 @@ def teacher_forced_counts(tok, tokens, units):
     from taste_toolkit.models.tokenizer import SpeechTokens
 
     model = tok.model
+    extra = {}
+    if getattr(model.decoder, "needs_unit_word_ids", False):
+        if not words:
+            return {}
+        from taste_toolkit.data.word_alignment import unit_word_ids
+
+        starts = [float(start) for _, start, _ in words]
+        extra = {"word_ids": tokens.word_ids[None].to(tok.device),
+                 "unit_word_ids": unit_word_ids(starts, units.numel(), tok.units.frame_rate)[None].to(tok.device)}
     text = tokens.text_ids[None].to(tok.device)
     text_lengths = torch.tensor([text.shape[1]], device=tok.device)
     word_ids = tokens.word_ids[None].to(tok.device)
@@ -172,7 +190,7 @@ def teacher_forced_counts(tok, tokens, units):
     speaker = tokens.speaker[None].to(tok.device) if model.decoder.speaker_dim else None
     with torch.no_grad():
         out = model.decoder(text, text_lengths, speech, speech_lengths, units[None].to(tok.device),
-                            torch.tensor([units.numel()], device=tok.device), speaker)
+                            torch.tensor([units.numel()], device=tok.device), speaker, **extra)
     valid = out.targets != -100
     logits, targets = out.logits[valid], out.targets[valid]
     top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
@@ -206,7 +224,7 @@ class TokenizerSystem(System):
         return {"path": self.path, "fingerprint": self.tok.fingerprint, "bits_per_token": self.bits,
                 "plugins": self.tok.info()["plugins"]}
 
-    def reconstruct(self, wav, sample_rate, text, utt_id):
+    def reconstruct(self, wav, sample_rate, text, utt_id, words=None):
         import torch
 
         tokens = self.tok.encode(wav, sample_rate, text)
@@ -221,7 +239,7 @@ class TokenizerSystem(System):
         if tokens.codes is not None:
             extras["codes"] = tokens.codes.tolist()
             extras["codebook_size"] = int(self.tok.model.quantizer.codebook_size)
-        extras.update(teacher_forced_counts(self.tok, tokens, _source_units(self.tok, wav, sample_rate)))
+        extras.update(teacher_forced_counts(self.tok, tokens, _source_units(self.tok, wav, sample_rate), words))
         return out, int(self.tok.vocoder.sample_rate), extras
 
     def alignment(self, wav, sample_rate, text):
@@ -253,7 +271,7 @@ class UnitsToplineSystem(System):
     def info(self):
         return {"path": self.path, "token_rate_hz": float(self.tok.units.frame_rate), "bits_per_token": self.bits}
 
-    def reconstruct(self, wav, sample_rate, text, utt_id):
+    def reconstruct(self, wav, sample_rate, text, utt_id, words=None):
         units = _source_units(self.tok, wav, sample_rate)
         out = self.tok.vocode([units])[0].numpy().astype(np.float32)
         return out, int(self.tok.vocoder.sample_rate), {"speech_tokens": int(units.numel()),
@@ -291,7 +309,7 @@ class DirectorySystem(System):
         """IDs of files that are not in ``ids`` (mismatched naming, another split)."""
         return sorted(set(self.files) - set(ids))
 
-    def reconstruct(self, wav, sample_rate, text, utt_id):
+    def reconstruct(self, wav, sample_rate, text, utt_id, words=None):
         import soundfile as sf
 
         if utt_id not in self.files:
