@@ -6,6 +6,7 @@ references, duplicate IDs, changed options.
 """
 
 import csv
+import glob
 import json
 import math
 import os
@@ -18,13 +19,14 @@ import torch
 
 from taste_toolkit.api import TasteTokenizer
 from taste_toolkit.errors import ConfigError, InputError
-from taste_toolkit.evaluation import Evaluation, load_eval_set, validate_config
+from taste_toolkit.evaluation import Evaluation, load_config, load_eval_set, validate_config
 from taste_toolkit.evaluation.harness import resample
 from taste_toolkit.evaluation.systems import System, register_system
 from taste_toolkit.plugins.vocoder.griffin_lim import GriffinLimVocoder
 from taste_toolkit.registry import build
 
 NUM_UNITS = 16
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @register_system("test_resampled_copy")
@@ -269,3 +271,16 @@ def test_word_walking_decoder_is_teacher_forced_on_reference_word_times(corpus, 
     # Targets: every unit, one boundary between consecutive words, end of speech.
     assert counts["tf_total"] == units.numel() + len(words)
     assert 0 <= counts["tf_top1"] <= counts["tf_top5"] <= counts["tf_total"]
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "hparams", "evaluate", "*.yaml"))),
+                         ids=os.path.basename)
+def test_shipped_evaluation_configs_name_real_systems_and_metrics(path):
+    """Every config under hparams/evaluate/ loads, and its system types and metrics (with
+    their options) exist: a typo fails here, not after the first minutes of a run."""
+    from taste_toolkit.evaluation.systems import system_types
+
+    config = load_config(path)
+    assert set(s["type"] for s in config["systems"]) <= set(system_types()), path
+    for spec in config["metrics"]:
+        build("metric", spec["name"], spec.get("options") or {})

@@ -74,7 +74,9 @@ def register_system(type_name):
 
 
 def system_types():
-    """Registered system type names."""
+    """Registered system type names, the built-in ones in their own modules included."""
+    for module in ("codec", "lmspt"):
+        importlib.import_module(f"taste_toolkit.evaluation.{module}_system")
     return sorted(_SYSTEMS)
 
 
