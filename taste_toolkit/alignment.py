@@ -25,21 +25,28 @@ def _median_filter(x, width):
 def monotonic_path(cost):
     """DTW path through ``cost (N, T)`` with steps (1,1), (1,0), (0,1).
 
+    The accumulated cost is filled one anti-diagonal at a time (cells with
+    ``i + j = d`` depend only on diagonals ``d - 1`` and ``d - 2``), so the
+    Python loop runs ``N + T`` times instead of ``N x T``. Ties prefer the
+    diagonal step, then (1, 0), then (0, 1).
+
     Returns
     -------
     rows, cols : numpy.ndarray
         The path's coordinates from (0, 0) to (N-1, T-1).
     """
+    cost = np.asarray(cost, dtype=np.float64)
     n, t = cost.shape
     acc = np.full((n + 1, t + 1), np.inf)
     acc[0, 0] = 0.0
     trace = np.zeros((n + 1, t + 1), dtype=np.int8)
-    for i in range(1, n + 1):
-        for j in range(1, t + 1):
-            choices = (acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1])
-            k = int(np.argmin(choices))
-            acc[i, j] = cost[i - 1, j - 1] + choices[k]
-            trace[i, j] = k
+    for d in range(2, n + t + 1):
+        i = np.arange(max(1, d - t), min(n, d - 1) + 1)
+        j = d - i
+        choices = np.stack([acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]])
+        k = np.argmin(choices, axis=0)  # first minimum: the tie order above
+        acc[i, j] = cost[i - 1, j - 1] + choices[k, np.arange(i.size)]
+        trace[i, j] = k
     i, j, rows, cols = n, t, [], []
     while i > 0 and j > 0:
         rows.append(i - 1)

@@ -37,6 +37,32 @@ def test_monotonic_path_follows_the_cheapest_diagonal():
     assert [c for r, c in zip(rows, cols) if r == 1] == [2, 3]
 
 
+def _reference_path(cost):
+    """Textbook cell-by-cell DTW (same steps and tie order) to check the vectorized one."""
+    n, t = cost.shape
+    acc = np.full((n + 1, t + 1), np.inf)
+    acc[0, 0] = 0.0
+    trace = np.zeros((n + 1, t + 1), dtype=int)
+    for i in range(1, n + 1):
+        for j in range(1, t + 1):
+            choices = [acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]]
+            trace[i, j] = int(np.argmin(choices))
+            acc[i, j] = cost[i - 1, j - 1] + min(choices)
+    i, j, path = n, t, []
+    while i > 0 and j > 0:
+        path.append((i - 1, j - 1))
+        i, j = [(i - 1, j - 1), (i - 1, j), (i, j - 1)][trace[i, j]]
+    return path[::-1]
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1), (4, 9), (9, 4), (12, 60)])
+def test_monotonic_path_equals_cell_by_cell_dtw(shape):
+    rng = np.random.default_rng(sum(shape))
+    for cost in (rng.random(shape), rng.integers(0, 3, size=shape).astype(float)):  # integers: many ties
+        rows, cols = monotonic_path(cost)
+        assert list(zip(rows.tolist(), cols.tolist())) == _reference_path(cost)
+
+
 def test_word_timestamps_recover_known_spans_despite_a_sink():
     # 3 words, the second of two tokens; frames at 50 Hz.
     spans = [(0, 20), (20, 35), (35, 50), (50, 90)]
