@@ -13,10 +13,11 @@ the training recipe nor its YAML.
 """
 
 import hashlib
+import inspect
 import logging
 import math
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -34,11 +35,20 @@ MAX_SECONDS = 30.0  # the Whisper window; longer audio is refused, never cut
 
 @dataclass
 class DecodedSpeech:
-    """Output of :meth:`TasteTokenizer.decode`: one entry per utterance."""
+    """Output of :meth:`TasteTokenizer.decode`: one entry per utterance.
+
+    ``word_spans`` (decoders that walk the words, e.g. ``word_pointer_transformer``;
+    else ``None``): per utterance, ``(start_s, end_s)`` of every word in the decoded
+    audio, from the decoder's own boundaries. A word runs from its first unit to the
+    next word's first unit (pauses belong to the word before them); seconds per unit
+    = waveform duration / units (the vocoders here emit a fixed number of samples
+    per unit), or ``1 / units.frame_rate`` without a vocoder.
+    """
 
     units: List[torch.Tensor]
     waveforms: Optional[List[torch.Tensor]]
     sample_rate: Optional[int]
+    word_spans: Optional[List[List[Tuple[float, float]]]] = None
 
 
 def _pad(rows, value=0, dtype=None):
@@ -322,6 +332,19 @@ class TasteTokenizer:
     @torch.no_grad()
     def decode_units(self, tokens, **generate_options):
         """Generate units for one or several :class:`TasteTokens`; list of ``(S,)`` tensors."""
+        return self._generate(tokens, False, generate_options)[0]
+
+    @property
+    def walks_words(self):
+        """True when the decoder emits word boundaries (``decode`` then gives ``word_spans``)."""
+        return "return_word_starts" in inspect.signature(self.model.decoder.generate).parameters
+
+    @torch.no_grad()
+    def _generate(self, tokens, word_starts, generate_options):
+        """Units ``[(S,)]`` and, with ``word_starts`` and a word-walking decoder, ``[(W,)]`` starts (else None)."""
+        if "return_word_starts" in generate_options:
+            raise InputError("return_word_starts is not a decoding option: decode() returns word_spans "
+                             "for decoders that walk the words.")
         if not isinstance(tokens, (TasteTokens, list, tuple)):
             raise InputError(f"Expected TasteTokens or a list of them, got {_describe(tokens)}.")
         batch = [tokens] if isinstance(tokens, TasteTokens) else list(tokens)
@@ -354,8 +377,15 @@ class TasteTokenizer:
             spk = torch.stack([t.speaker for t in batch]).to(self.device)
         if getattr(self.model.decoder, "needs_word_ids", False):
             generate_options = dict(generate_options, word_ids=word_ids)
-        units, lengths = self.model.decoder.generate(text, text_lengths, dec_speech, dec_lengths, spk, **generate_options)
-        return [units[i, : int(lengths[i])].cpu() for i in range(len(batch))]
+        if word_starts and self.walks_words:
+            units, lengths, starts = self.model.decoder.generate(text, text_lengths, dec_speech, dec_lengths, spk,
+                                                                 return_word_starts=True, **generate_options)
+            starts = [starts[i, : int(t.word_ids.max()) + 1].cpu() for i, t in enumerate(batch)]
+        else:
+            units, lengths = self.model.decoder.generate(text, text_lengths, dec_speech, dec_lengths, spk,
+                                                         **generate_options)
+            starts = None
+        return [units[i, : int(lengths[i])].cpu() for i in range(len(batch))], starts
 
     @torch.no_grad()
     def vocode(self, units):
@@ -370,9 +400,18 @@ class TasteTokenizer:
 
     def decode(self, tokens, **generate_options):
         """Tokens -> units -> waveforms. ``generate_options`` go to the decoder's ``generate``."""
-        units = self.decode_units(tokens, **generate_options)
+        units, starts = self._generate(tokens, True, generate_options)
         wavs = self.vocode(units) if self.vocoder is not None else None
-        return DecodedSpeech(units, wavs, self.vocoder.sample_rate if self.vocoder is not None else None)
+        rate = self.vocoder.sample_rate if self.vocoder is not None else None
+        spans = None
+        if starts is not None and (wavs is not None or self.units is not None):
+            spans = []
+            for i, (u, s) in enumerate(zip(units, starts)):
+                n = max(u.numel(), 1)
+                per_unit = wavs[i].numel() / rate / n if wavs is not None else 1.0 / self.units.frame_rate
+                bounds = s.tolist() + [u.numel()]
+                spans.append([(bounds[w] * per_unit, bounds[w + 1] * per_unit) for w in range(len(s))])
+        return DecodedSpeech(units, wavs, rate, spans)
 
     def reconstruct(self, audio, sample_rate, text, **generate_options):
         """``decode(encode(audio, text))``."""

@@ -95,6 +95,30 @@ def test_duration_consistency_pools_words_and_rejects_bad_options():
         metric.score(no_words)
 
 
+def test_decoder_duration_consistency_compares_word_slots_with_no_aligner():
+    """aligner=decoder: the decoder's own word spans vs the metadata, as start-to-next-start slots."""
+    from taste_toolkit.errors import InputError
+
+    x = np.zeros(int(SR * (DURATIONS.sum() + 0.3)), dtype=np.float32)  # 0.3 s of silence after the last word
+    words = words_of(DURATIONS)
+    slots = [b - a for a, b in zip([0.0] + [s for _, s, _ in words[1:]], [s for _, s, _ in words[1:]] + [len(x) / SR])]
+    exact = [[sum(slots[:k]), sum(slots[: k + 1])] for k in range(len(slots))]
+    out = score("duration_consistency", sample(x, x, extras={"word_spans": exact}), aligner="decoder")
+    assert out["consistency"] == 1.0 and out["total"] == 6
+    assert [p[0] for p in json.loads(out["word_durations"])] == pytest.approx(slots, abs=1e-4)
+    assert slots[-1] == pytest.approx(DURATIONS[-1] + 0.3, abs=1e-3)  # the trailing pause is the last word's
+    # Word 2 gets 40 ms more and word 3 40 ms less (one 25 Hz unit each): 4 of 6 consistent.
+    moved = [list(s) for s in exact]
+    moved[2][1] += 0.04
+    moved[3][0] += 0.04
+    out = score("duration_consistency", sample(x, x, extras={"word_spans": moved}), aligner="decoder")
+    assert out["consistent"] == 4 and out["mean_abs_diff_ms"] == pytest.approx(80 / 6, abs=0.1)
+    with pytest.raises(InputError, match="word_spans"):
+        score("duration_consistency", sample(x, x), aligner="decoder")
+    with pytest.raises(InputError, match="5 word spans for 6"):
+        score("duration_consistency", sample(x, x, extras={"word_spans": exact[:5]}), aligner="decoder")
+
+
 def test_f0_identical_is_exact_and_source_track_is_computed_once(monkeypatch):
     from taste_toolkit.metrics import signal
 

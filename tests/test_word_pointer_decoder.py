@@ -85,6 +85,11 @@ def test_learns_and_generation_walks_the_words_with_and_without_cache():
                                     min_len_ratio=0, use_cache=use_cache)
         assert lengths.tolist() == [6, 3]
         assert out[0].tolist() == units[0].tolist() and out[1, :3].tolist() == units[1, :3].tolist()
+    # The decoder's own word starts: utterance 0 skips word 1 (two boundaries in a row);
+    # utterance 1's third word is padding and starts at its end.
+    *_, starts = dec.generate(tokens, token_lengths, speech, token_lengths, word_ids=word_ids, min_len_ratio=0,
+                              return_word_starts=True)
+    assert starts.tolist() == [[0, 2, 2], [0, 1, 3]]
 
 
 def test_end_of_speech_only_on_the_last_word():
@@ -97,9 +102,10 @@ def test_end_of_speech_only_on_the_last_word():
     _, lengths = dec.generate(tokens, token_lengths, speech, token_lengths, word_ids=one_word,
                               min_len_ratio=1, max_len_ratio=3)
     assert lengths.tolist() == [4, 2]  # stops as soon as allowed (min_len = 1 x tokens)
-    _, lengths = dec.generate(tokens, token_lengths, speech, token_lengths, word_ids=word_ids,
-                              min_len_ratio=1, max_len_ratio=3)
+    _, lengths, starts = dec.generate(tokens, token_lengths, speech, token_lengths, word_ids=word_ids,
+                                      min_len_ratio=1, max_len_ratio=3, return_word_starts=True)
     assert lengths.tolist() == [12, 6]  # never reaches its last word: runs to max_len
+    assert starts.tolist() == [[0, 12, 12], [0, 6, 6]]  # words never reached start at the end
 
 
 def test_bad_inputs_are_clear_errors():
@@ -145,3 +151,30 @@ def test_tokenizer_api_decodes_with_the_word_pointer_decoder(tiny_taste_model, t
     units = tok.decode_units(tokens, max_len_ratio=3.0, min_len_ratio=0.0)
     assert units[0].numel() <= 3 * tokens.text_ids.numel()
     assert ((units[0] >= 0) & (units[0] < 20)).all()
+
+
+def test_decode_gives_word_spans_from_the_decoders_own_boundaries(tiny_taste_model, tiny_whisper_dir, tmp_path):
+    from taste_toolkit.api import TasteTokenizer
+    from taste_toolkit.plugins.vocoder.griffin_lim import GriffinLimVocoder
+
+    texts = ["the cat sat on the mat", "a dog ran far away"]
+    model, text_tok = tiny_taste_model(tiny_whisper_dir, texts * 5, tmp_path / "sp",
+                                       decoder_name="word_pointer_transformer")
+    ext = registry.build("units", "mel_kmeans", {"num_units": 20, "kmeans_iters": 2})
+    rng = np.random.default_rng(0)
+    ext.fit([torch.from_numpy(rng.standard_normal(16000).astype("float32")) for _ in range(2)])
+    tok = TasteTokenizer(model, text_tok, units=ext, vocoder=GriffinLimVocoder.from_units_extractor(ext, n_iter=2))
+    assert tok.walks_words
+    wav = rng.standard_normal(16000).astype("float32") * 0.1
+    tokens = [tok.encode(wav, 16000, t) for t in texts]
+    out = tok.decode(tokens, max_len_ratio=3.0, min_len_ratio=1.0, top_k=5,
+                     generator=torch.Generator().manual_seed(0))
+    for spans, units, wave, t in zip(out.word_spans, out.units, out.waveforms, tokens):
+        assert len(spans) == len(t.words)
+        starts = [a for a, _ in spans]
+        assert starts[0] == 0 and starts == sorted(starts)
+        assert all(abs(spans[w][1] - spans[w + 1][0]) < 1e-9 for w in range(len(spans) - 1))  # contiguous
+        assert spans[-1][1] == pytest.approx(wave.numel() / out.sample_rate)  # the last word ends the audio
+        assert sum(b - a for a, b in spans) == pytest.approx(units.numel() / ext.frame_rate)
+    with pytest.raises(InputError, match="word_spans"):
+        tok.decode(tokens, return_word_starts=True)

@@ -232,12 +232,15 @@ class TokenizerSystem(System):
         tokens = self.tok.encode(wav, sample_rate, text)
         d = self.decoding
         gen = torch.Generator().manual_seed(int(d["seed"]) + zlib.crc32(str(utt_id).encode()))
-        units = self.tok.decode_units(tokens, top_k=int(d["top_k"]), temperature=float(d["temperature"]),
-                                      generator=gen, max_len_ratio=float(d["max_len_ratio"]))[0]
-        out = self.tok.vocode([units])[0].numpy().astype(np.float32)
+        decoded = self.tok.decode(tokens, top_k=int(d["top_k"]), temperature=float(d["temperature"]),
+                                  generator=gen, max_len_ratio=float(d["max_len_ratio"]))
+        units = decoded.units[0]
+        out = decoded.waveforms[0].numpy().astype(np.float32)
         extras = {"speech_tokens": int(tokens.num_speech_tokens), "bits_per_token": self.bits,
                   "units": int(units.numel()),
                   "hit_max_len": int(units.numel() >= math.floor(float(d["max_len_ratio"]) * tokens.text_ids.numel()))}
+        if decoded.word_spans is not None:  # decoders that walk the words: their own word timing
+            extras["word_spans"] = [[round(a, 4), round(b, 4)] for a, b in decoded.word_spans[0]]
         if tokens.codes is not None:
             extras["codes"] = tokens.codes.tolist()
             extras["codebook_size"] = int(self.tok.model.quantizer.codebook_size)

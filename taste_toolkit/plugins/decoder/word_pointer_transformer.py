@@ -203,7 +203,8 @@ class WordPointerDecoder(UnitTransformerDecoder):
     @torch.no_grad()
     def generate(self, tokens, token_lengths, speech, speech_lengths, speaker=None, word_ids=None,
                  max_len_ratio: float = 20.0, min_len_ratio: float = 2.0, top_k: int = 0,
-                 temperature: float = 1.0, use_cache: bool = True, generator=None):
+                 temperature: float = 1.0, use_cache: bool = True, generator=None,
+                 return_word_starts: bool = False):
         """Generate units, walking the words; options as ``unit_transformer.generate``.
 
         A boundary is allowed only before the last word and end of speech only on
@@ -215,6 +216,12 @@ class WordPointerDecoder(UnitTransformerDecoder):
             ``(B, S)`` long, ``-1`` after each utterance's end (boundaries removed).
         lengths : torch.Tensor
             ``(B,)`` generated units.
+        word_starts : torch.Tensor
+            Only with ``return_word_starts``: ``(B, W)`` long, index of each word's
+            first unit (where its boundary was emitted; word 0 starts at 0, padding
+            words and words never reached start at ``lengths``). Word ``w`` spans
+            units ``word_starts[w] .. word_starts[w + 1] - 1``: the decoder's own
+            durations, exact, with no aligner.
         """
         if not 0 <= min_len_ratio <= max_len_ratio:
             raise InputError(f"Need 0 <= min_len_ratio ({min_len_ratio}) <= max_len_ratio ({max_len_ratio}).")
@@ -229,8 +236,9 @@ class WordPointerDecoder(UnitTransformerDecoder):
             max_len = torch.floor(max_len_ratio * n_tokens).long()
             min_len = torch.ceil(min_len_ratio * n_tokens).long()
             self._check_length(int((prefix_lengths + max_len + num_words).max()), "Prefix + max_len_ratio x tokens")
-            return self._walk(prefix, prefix_lengths, word_vectors, num_words, min_len, max_len,
-                              top_k, temperature, use_cache, generator)
+            units, lengths, word_starts = self._walk(prefix, prefix_lengths, word_vectors, num_words, min_len,
+                                                     max_len, top_k, temperature, use_cache, generator)
+            return (units, lengths, word_starts) if return_word_starts else (units, lengths)
         finally:
             self.train(was_training)
 
@@ -250,6 +258,9 @@ class WordPointerDecoder(UnitTransformerDecoder):
         units = torch.full((batch, steps), -1, dtype=torch.long, device=device)
         lengths = torch.zeros(batch, dtype=torch.long, device=device)
         pointer = torch.zeros(batch, dtype=torch.long, device=device)
+        # -1 = not reached yet; filled with the unit count when a word's boundary is emitted.
+        word_starts = torch.full((batch, word_vectors.shape[1]), -1, dtype=torch.long, device=device)
+        word_starts[:, 0] = 0
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         step_valid = torch.ones(batch, 1, dtype=torch.bool, device=device)
         rows = torch.arange(batch, device=device)
@@ -264,7 +275,9 @@ class WordPointerDecoder(UnitTransformerDecoder):
             emit = ~finished & ~stop & ~is_boundary
             units[rows[emit], lengths[emit]] = choice[emit]
             lengths += emit.long()
-            pointer += (~finished & is_boundary).long()
+            crossing = ~finished & is_boundary
+            pointer += crossing.long()
+            word_starts[rows[crossing], pointer[crossing]] = lengths[crossing]
             finished |= stop
             if bool(finished.all()):
                 break
@@ -284,4 +297,5 @@ class WordPointerDecoder(UnitTransformerDecoder):
         short = pointer < num_words - 1
         if bool(short.any()):
             logger.warning("%d utterance(s) hit the maximum length before their last word.", int(short.sum()))
-        return units[:, : int(lengths.max()) if batch else 0], lengths
+        word_starts = torch.where(word_starts < 0, lengths[:, None], word_starts)
+        return units[:, : int(lengths.max()) if batch else 0], lengths, word_starts
