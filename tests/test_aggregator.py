@@ -352,3 +352,12 @@ def test_aligned_spans_pools_contiguous_dtw_spans_and_batches_like_alone():
     torch.testing.assert_close(alone.embeddings[0], out.embeddings[1, :2])
     with pytest.raises(ConfigError, match="medfilt_width"):
         build("aggregator", "aligned_spans", {**opts, "medfilt_width": 4}, vocab_size=VOCAB, key_dim=DK, value_dim=DV)
+    # duration_scale multiplies only the duration (same weights, same spans).
+    torch.manual_seed(0)
+    scaled = build("aggregator", "aligned_spans", {**opts, "duration_scale": 8.0}, vocab_size=VOCAB, key_dim=DK,
+                   value_dim=DV).eval()
+    out8 = scaled(tokens, lengths, word_ids, enc)
+    torch.testing.assert_close(out8.embeddings[..., :DV], out.embeddings[..., :DV])
+    torch.testing.assert_close(out8.embeddings[..., DV], 8.0 * out.embeddings[..., DV])
+    with pytest.raises(ConfigError, match="duration_scale"):
+        build("aggregator", "aligned_spans", {**opts, "duration_scale": 0.0}, vocab_size=VOCAB, key_dim=DK, value_dim=DV)

@@ -165,6 +165,26 @@ def test_run_summary_resume_and_bad_outputs(corpus, tokenizer_dir, tmp_path, mon
         Evaluation(cfg, progress=False).run()
 
 
+def test_a_retrained_model_at_the_same_path_is_not_mixed_with_old_outputs(corpus, tokenizer_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    split, _ = corpus
+    model_dir = tmp_path / "tok"
+    shutil.copytree(tokenizer_dir, model_dir)
+    cfg = {"output_folder": str(tmp_path / "eval"), "data": {"metadata": split, "limit": 1},
+           "decoding": {"top_k": 5, "seed": 0, "max_len_ratio": 4.0},
+           "systems": [{"name": "tiny", "type": "tokenizer", "options": {"path": str(model_dir)}}],
+           "metrics": [{"name": "token_rate"}]}
+    Evaluation(cfg, progress=False).run()
+    Evaluation(cfg, progress=False).run()  # same weights: reused
+    weights = load_file(str(model_dir / "model.safetensors"))
+    key = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[key] = weights[key] + 0.5  # "retrained" in place
+    save_file(weights, str(model_dir / "model.safetensors"))
+    with pytest.raises(InputError, match="tiny.*other options"):
+        Evaluation(cfg, progress=False).run()
+
+
 def test_directory_system_mismatched_ids_and_empty_reference(corpus, tmp_path):
     split, items = corpus
     # An evaluation set where one transcript is empty.

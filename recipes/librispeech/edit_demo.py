@@ -6,7 +6,10 @@ For each sentence, espeak-ng speaks it twice with the same voice: ``A`` plainly 
 in both is known. The word's TASTE tokens are swapped from B into A
 (``TasteTokenizer.edit``), and the edited tokens are decoded. If the tokens carry
 the word's duration, the decoded edit is longer than the decoded A by about the
-difference of the word's durations in B and A, and that word gets longer::
+difference of the word's durations in B and A, and that word gets longer. Decoders that walk the
+words (``word_pointer_transformer``) also report each word's exact span in the
+decoded audio (``DecodedSpeech.word_spans``): the edited word's own duration, with
+no ASR in the way::
 
     python recipes/librispeech/edit_demo.py results/taste/1986/tokenizer --num 20
 
@@ -48,6 +51,9 @@ def main(argv=None):
     parser.add_argument("--num", type=int, default=20, help="sentences (default: 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="output folder (default: <tokenizer>/edit_demo)")
+    parser.add_argument("--top-k", type=int, default=25,
+                        help="top-k sampling of the units, seeded per sentence (0 = greedy, which tends to loop; "
+                             "default 25, as the evaluation harness)")
     args = parser.parse_args(argv)
     out_dir = args.output or os.path.join(args.tokenizer, "edit_demo")
     os.makedirs(out_dir, exist_ok=True)
@@ -67,7 +73,8 @@ def main(argv=None):
         text = " ".join(words)
         ta, tb = tok.encode(audio_a, 16000, text), tok.encode(audio_b, 16000, text)
         edited = tok.edit(ta, tb, [k])
-        dec = tok.decode([ta, edited, tb])
+        # A, the edit and B decoded as one batch with a per-sentence seed: reproducible.
+        dec = tok.decode([ta, edited, tb], top_k=args.top_k, generator=torch.Generator().manual_seed(args.seed + n))
         sr = dec.sample_rate
         lens = [w.numel() / sr for w in dec.waveforms]
         row = {
@@ -78,6 +85,9 @@ def main(argv=None):
                 name: word_duration(asr, w.numpy(), sr, words, k) for name, w in zip(("A", "edited", "B"), dec.waveforms)
             },
         }
+        if dec.word_spans is not None:  # the decoder's own word timing (start to next start)
+            row["decoded_word_slot"] = {name: spans[k][1] - spans[k][0]
+                                        for name, spans in zip(("A", "edited", "B"), dec.word_spans)}
         rows.append(row)
         if n < 3:
             for name, w in zip(("A", "edited", "B"), dec.waveforms):
@@ -96,6 +106,10 @@ def main(argv=None):
         "edited word duration in decoded audio (ASR-timed, s)": word,
         "sentences with the word found by ASR in all three": len(measured),
     }
+    if all("decoded_word_slot" in r for r in rows):
+        slot = {name: float(np.mean([r["decoded_word_slot"][name] for r in rows])) for name in ("A", "edited", "B")}
+        summary["edited word slot in decoded audio (decoder boundaries, s)"] = slot
+        summary["edited word longer than in decoded A by (decoder boundaries, s)"] = slot["edited"] - slot["A"]
     with open(os.path.join(out_dir, "edit_demo.json"), "w") as f:
         json.dump({"summary": summary, "rows": rows}, f, indent=1)
     print(json.dumps(summary, indent=1))

@@ -141,6 +141,26 @@ def _check_spec(path, spec, what, remedy):
         _write_json(path, {"spec": spec})
 
 
+def model_signature(spec):
+    """SHA-256 over the ``*.safetensors`` files of the folders a system's options name.
+
+    Part of the system's cached spec, so outputs made by an earlier model at the
+    same path (retrained, re-exported) are never reused: the rerun is refused.
+    """
+    digest, found = hashlib.sha256(), False
+    for key, value in sorted((spec.get("options") or {}).items()):
+        if not isinstance(value, str) or not os.path.isdir(value):
+            continue
+        for name in sorted(os.listdir(value)):
+            if name.endswith(".safetensors"):
+                found = True
+                digest.update(f"{key}/{name}".encode())
+                with open(os.path.join(value, name), "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+    return digest.hexdigest()[:16] if found else None
+
+
 def read_rows(csv_path):
     """Rows of a scores CSV; a last line cut by an interruption is dropped first."""
     if not os.path.isfile(csv_path):
@@ -204,7 +224,9 @@ class Evaluation:
             name = spec["name"]
             folder = self._out_dir(name)
             os.makedirs(folder, exist_ok=True)
-            _check_spec(os.path.join(folder, "system.json"), spec, f"System {name!r}",
+            signature = model_signature(spec)
+            _check_spec(os.path.join(folder, "system.json"), {**spec, **({"model_signature": signature} if signature else {})},
+                        f"System {name!r}",
                         f"delete {folder} (and {os.path.join(self.out, 'scores')}) or use another output_folder.")
             todo = [u for u in self.utts if self._cached(name, u.id) is None]
             if spec.get("type") == "original":

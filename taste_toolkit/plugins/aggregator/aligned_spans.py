@@ -51,17 +51,26 @@ class AlignedSpansAggregator(Aggregator):
         Median filter over time before DTW (Whisper: 7).
     add_log_duration : bool
         Append the aligned word's log duration in seconds.
+    duration_scale : float
+        Factor on that log duration. The quantizer's projection keeps the
+        directions of largest variance, and one unit-scale dimension among
+        ``value_dim`` acoustic ones carries little of it: scale it up so the
+        word's duration survives quantization.
     """
 
     def __init__(self, vocab_size: int, key_dim: int, value_dim: int, init_from_whisper: str = "",
                  num_layers: int = 4, num_heads: int = 6, ffn_dim: int = 1536, max_positions: int = 448,
-                 alignment_heads: list = (), medfilt_width: int = 7, add_log_duration: bool = True):
+                 alignment_heads: list = (), medfilt_width: int = 7, add_log_duration: bool = True,
+                 duration_scale: float = 1.0):
         super().__init__()
         if medfilt_width < 1 or medfilt_width % 2 == 0:
             raise ConfigError(f"medfilt_width must be an odd number >= 1, got {medfilt_width}.")
         self.vocab_size, self.key_dim, self.value_dim = vocab_size, key_dim, value_dim
         self.medfilt_width = medfilt_width
         self.add_log_duration = add_log_duration
+        if not duration_scale > 0:
+            raise ConfigError(f"duration_scale must be > 0, got {duration_scale}.")
+        self.duration_scale = float(duration_scale)
         # Whisper-exact: values = keys (last layer), Whisper's own v_proj, its prompt.
         self.aligner = CrossAttentionAggregator(
             vocab_size, key_dim, key_dim, d_model=key_dim, num_layers=num_layers, num_heads=num_heads,
@@ -118,7 +127,7 @@ class AlignedSpansAggregator(Aggregator):
                 a, z = min(a, t - 1), max(min(z, t), min(a, t - 1) + 1)
                 out[i, w, :d] = values[i, a:z].mean(0)
                 if self.add_log_duration:
-                    out[i, w, d] = math.log((z - a) / encoder_out.frame_rate + math.exp(-4))
+                    out[i, w, d] = self.duration_scale * math.log((z - a) / encoder_out.frame_rate + math.exp(-4))
         lengths = torch.tensor(num_words, device=values.device)
         if need_weights:
             return AggregatorOutput(out, lengths, "word", aligned.attention, aligned.alignment)
