@@ -361,3 +361,29 @@ def test_aligned_spans_pools_contiguous_dtw_spans_and_batches_like_alone():
     torch.testing.assert_close(out8.embeddings[..., DV], 8.0 * out.embeddings[..., DV])
     with pytest.raises(ConfigError, match="duration_scale"):
         build("aggregator", "aligned_spans", {**opts, "duration_scale": 0.0}, vocab_size=VOCAB, key_dim=DK, value_dim=DV)
+
+
+def test_aligned_spans_memoizes_spans_by_content(monkeypatch):
+    """The frozen aligner runs once per (tokens, key frames): a second epoch reuses its spans,
+    exactly, and other content (or a request for the attention) runs it again."""
+    torch.manual_seed(0)
+    opts = {"num_layers": 2, "num_heads": 4, "ffn_dim": 32, "max_positions": 32, "medfilt_width": 3,
+            "alignment_heads": [[1, 0], [1, 1]]}
+    agg = build("aggregator", "aligned_spans", opts, vocab_size=VOCAB, key_dim=DK, value_dim=DV).eval()
+    calls = []
+    real = agg.aligner.forward
+    monkeypatch.setattr(agg.aligner, "forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    enc = encoder_out([40, 25], garbage=True)
+    tokens, lengths, word_ids = text([[0, 0, 1, 2, 3], [0, 1, 1]], pad_to=6)
+    first = agg(tokens, lengths, word_ids, enc)
+    again = agg(tokens, lengths, word_ids, enc)
+    assert len(calls) == 1
+    assert torch.equal(first.embeddings, again.embeddings)
+    alone = agg(tokens[1:, :3], lengths[1:], word_ids[1:, :3],
+                EncoderOutput(enc.keys[1:, :25], enc.values[1:, :25], enc.lengths[1:], 50.0))
+    assert len(calls) == 1  # the same utterance in another batch: same content, cached
+    torch.testing.assert_close(alone.embeddings[0], first.embeddings[1, :2])
+    other = EncoderOutput(enc.keys.flip(1), enc.values, enc.lengths, 50.0)
+    agg(tokens, lengths, word_ids, other)
+    assert len(calls) == 2
+    assert agg(tokens, lengths, word_ids, enc, need_weights=True).attention is not None and len(calls) == 3

@@ -17,11 +17,15 @@ This aggregator keeps the attention only for *where* a word is:
    detail) over its frames, plus the word's log duration.
 
 It has no trained parameters: the quantizer's projections and the decoder learn
-what to read. Compare with ``oracle_spans`` (the true spans) in
+what to read. Being frozen, its spans for given (tokens, key frames) never change,
+so they are memoized: with the recipe's encoder-output cache, the aligner runs
+once per utterance instead of once per epoch. Compare with ``oracle_spans`` (the true spans) in
 ``hparams/ablations/aligned_spans.yaml``.
 """
 
+import hashlib
 import math
+from collections import OrderedDict
 
 import torch
 
@@ -78,6 +82,34 @@ class AlignedSpansAggregator(Aggregator):
             init_from_whisper=init_from_whisper, alignment_heads=list(alignment_heads),
         )
         self.aligner.requires_grad_(False)
+        self._spans = OrderedDict()  # content hash -> (first, last) token frame spans
+        self.max_cached_spans = 200_000
+
+    @staticmethod
+    def _span_key(tokens, keys):
+        """Content hash of one utterance's text tokens ``(N,)`` and key frames ``(T, D)``."""
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(tokens.detach().cpu().long().numpy().tobytes())
+        digest.update(keys.detach().cpu().float().contiguous().numpy().tobytes())
+        return digest.digest()
+
+    def _token_spans(self, tokens, token_lengths, word_ids, encoder_out, need_weights):
+        """Per utterance ``(first, last)`` frame arrays (or None), and the aligner output if it ran."""
+        keys, b = encoder_out.keys, tokens.shape[0]
+        sizes = [(int(token_lengths[i]), int(encoder_out.lengths[i])) for i in range(b)]
+        ids = [self._span_key(tokens[i, :n], keys[i, :t]) if n and t else None for i, (n, t) in enumerate(sizes)]
+        aligned = None
+        if need_weights or any(k is not None and k not in self._spans for k in ids):
+            with torch.no_grad():
+                exact = EncoderOutput(keys, keys, encoder_out.lengths, encoder_out.frame_rate)
+                aligned = self.aligner(tokens, token_lengths, word_ids, exact, need_weights=True)
+            alignment = aligned.alignment.float().cpu().numpy()  # (B, N, T), predicting positions
+            for i, ((n, t), k) in enumerate(zip(sizes, ids)):
+                if k is not None and k not in self._spans:
+                    self._spans[k] = token_frame_spans(alignment[i, :n, :t], self.medfilt_width)
+                    if len(self._spans) > self.max_cached_spans:
+                        self._spans.popitem(last=False)
+        return [self._spans[k] if k is not None else None for k in ids], aligned
 
     def export(self, folder):
         """Standalone options: the aligner's weights and prompt are in the checkpoint."""
@@ -101,11 +133,7 @@ class AlignedSpansAggregator(Aggregator):
             ``embeddings (B, W, value_dim [+1])`` word-level; ``attention`` and
             ``alignment`` ``(B, N, T)`` from the aligner when ``need_weights``.
         """
-        keys = encoder_out.keys
-        with torch.no_grad():
-            exact = EncoderOutput(keys, keys, encoder_out.lengths, encoder_out.frame_rate)
-            aligned = self.aligner(tokens, token_lengths, word_ids, exact, need_weights=True)
-        alignment = aligned.alignment.float().cpu().numpy()  # (B, N, T), predicting positions
+        spans, aligned = self._token_spans(tokens, token_lengths, word_ids, encoder_out, need_weights)
         values = encoder_out.values
         b, _, d = values.shape
         token_lengths = token_lengths.long().cpu()
@@ -116,9 +144,9 @@ class AlignedSpansAggregator(Aggregator):
         out = values.new_zeros(b, w_max, self.output_dim)
         for i in range(b):
             n, t = int(token_lengths[i]), int(frame_lengths[i])
-            if n == 0 or t == 0:
+            if spans[i] is None:
                 continue
-            first, last = token_frame_spans(alignment[i, :n, :t], self.medfilt_width)
+            first, last = spans[i]
             for w in range(num_words[i]):
                 members = (ids[i, :n] == w).nonzero().flatten().tolist()
                 if not members:
