@@ -225,8 +225,8 @@ class Evaluation:
             folder = self._out_dir(name)
             os.makedirs(folder, exist_ok=True)
             signature = model_signature(spec)
-            _check_spec(os.path.join(folder, "system.json"), {**spec, **({"model_signature": signature} if signature else {})},
-                        f"System {name!r}",
+            checked = {**spec, "model_signature": signature} if signature else spec
+            _check_spec(os.path.join(folder, "system.json"), checked, f"System {name!r}",
                         f"delete {folder} (and {os.path.join(self.out, 'scores')}) or use another output_folder.")
             todo = [u for u in self.utts if self._cached(name, u.id) is None]
             if spec.get("type") == "original":
@@ -261,7 +261,8 @@ class Evaluation:
                     wav, sr = read_audio(utt.path)
                     start = time.time()
                     try:
-                        out, out_sr, extras = system.reconstruct(wav, sr, utt.text, utt.id, **({"words": utt.words} if takes_words else {}))
+                        word_times = {"words": utt.words} if takes_words else {}
+                        out, out_sr, extras = system.reconstruct(wav, sr, utt.text, utt.id, **word_times)
                         out = np.asarray(out, dtype=np.float32).reshape(-1)
                         if out.size == 0 or not np.isfinite(out).all():
                             raise InputError("the system returned no audio" if out.size == 0 else "NaN/inf samples")

@@ -19,8 +19,8 @@ This aggregator keeps the attention only for *where* a word is:
 It has no trained parameters: the quantizer's projections and the decoder learn
 what to read. Being frozen, its spans for given (tokens, key frames) never change,
 so they are memoized: with the recipe's encoder-output cache, the aligner runs
-once per utterance instead of once per epoch. Compare with ``oracle_spans`` (the true spans) in
-``hparams/ablations/aligned_spans.yaml``.
+once per utterance instead of once per epoch. Compare with ``oracle_spans`` (the
+true spans) in ``hparams/ablations/aligned_spans.yaml``.
 """
 
 import hashlib
