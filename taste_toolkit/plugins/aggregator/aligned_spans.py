@@ -27,6 +27,7 @@ import hashlib
 import math
 from collections import OrderedDict
 
+import numpy as np
 import torch
 
 from taste_toolkit.alignment import token_frame_spans
@@ -143,19 +144,29 @@ class AlignedSpansAggregator(Aggregator):
         w_max = max(max(num_words), 1)
         out = values.new_zeros(b, w_max, self.output_dim)
         for i in range(b):
-            n, t = int(token_lengths[i]), int(frame_lengths[i])
             if spans[i] is None:
                 continue
+            n, t, w = int(token_lengths[i]), int(frame_lengths[i]), num_words[i]
             first, last = spans[i]
-            for w in range(num_words[i]):
-                members = (ids[i, :n] == w).nonzero().flatten().tolist()
-                if not members:
-                    continue
-                a, z = int(first[members].min()), int(last[members].max()) + 1
-                a, z = min(a, t - 1), max(min(z, t), min(a, t - 1) + 1)
-                out[i, w, :d] = values[i, a:z].mean(0)
-                if self.add_log_duration:
-                    out[i, w, d] = self.duration_scale * math.log((z - a) / encoder_out.frame_rate + math.exp(-4))
+            # Word span = from its first token's first frame to its last token's last frame.
+            word = ids[i, :n].numpy()
+            a = np.full(w, t, dtype=np.int64)
+            z = np.full(w, -1, dtype=np.int64)
+            np.minimum.at(a, word, first)
+            np.maximum.at(z, word, last)
+            spoken = z >= 0  # words with at least one token
+            a = np.minimum(a, t - 1)
+            z = np.maximum(np.minimum(z + 1, t), a + 1)  # exclusive end, at least one frame
+            # Span means from a cumulative sum (float64: no drift over long utterances).
+            cum = torch.cat([values.new_zeros(1, d, dtype=torch.float64), values[i, :t].double().cumsum(0)])
+            a_t, z_t = torch.from_numpy(a).to(values.device), torch.from_numpy(z).to(values.device)
+            means = (cum[z_t] - cum[a_t]) / (z_t - a_t).unsqueeze(-1)
+            rows = torch.from_numpy(np.flatnonzero(spoken)).to(values.device)
+            out[i, rows, :d] = means[rows].to(values.dtype)
+            if self.add_log_duration:
+                seconds = torch.from_numpy((z - a) / encoder_out.frame_rate)
+                log_duration = self.duration_scale * torch.log(seconds + math.exp(-4))
+                out[i, rows, d] = log_duration.to(values.device, values.dtype)[rows]
         lengths = torch.tensor(num_words, device=values.device)
         if need_weights:
             return AggregatorOutput(out, lengths, "word", aligned.attention, aligned.alignment)
