@@ -27,6 +27,10 @@ from typing import Optional
 
 import torch
 
+#: Timed runs per path of the generation benchmarks (items 3, 4 and 4b); the minimum is
+#: reported. Each path also gets one untimed warm-up run first.
+GENERATION_REPEATS = 3
+
 
 # --------------------------------------------------------------------- machine
 def device():

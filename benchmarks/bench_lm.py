@@ -11,7 +11,7 @@ function ``run.py`` calls.
 
 import torch
 
-from bench_common import Row, device, measure
+from bench_common import GENERATION_REPEATS, Row, device, measure
 
 #: Llama-3.2-1B's shape (random weights).
 LLAMA_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
@@ -39,7 +39,11 @@ def greedy(model, prompt, steps, use_cache):
 
 
 def llama_generation(quick=False, log=print, steps=None, prompt_length=20):
-    """Rows for item 4: ``steps`` (50) generation steps, cached vs recomputed."""
+    """Rows for item 4: ``steps`` (50) generation steps, cached vs recomputed.
+
+    Each path gets a 2-step warm-up run, then the minimum of ``GENERATION_REPEATS``
+    timed runs is reported.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     steps = steps or (10 if quick else 50)
@@ -53,7 +57,9 @@ def llama_generation(quick=False, log=print, steps=None, prompt_length=20):
     prompt = prompt.to(device())
     timed, outs = {}, {}
     for use_cache in (False, True):
-        timed[use_cache], outs[use_cache] = measure(lambda: greedy(model, prompt, steps, use_cache))
+        greedy(model, prompt, 2, use_cache)  # warm-up: allocator, kernels (a short run does it)
+        timed[use_cache], outs[use_cache] = measure(lambda: greedy(model, prompt, steps, use_cache),
+                                                    repeats=GENERATION_REPEATS)
         log(f"  llama generation cache={use_cache}: {timed[use_cache].seconds:.2f} s")
     same = torch.equal(outs[True], outs[False])
     name = "Llama-3.2-1B shape" if not quick else "micro Llama"

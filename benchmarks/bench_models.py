@@ -6,7 +6,7 @@ timed code is the code that trains and runs.
 
 import torch
 
-from bench_common import Row, device, measure
+from bench_common import GENERATION_REPEATS, Row, device, measure
 from taste_toolkit.interfaces import EncoderOutput
 from taste_toolkit.registry import build
 
@@ -105,6 +105,7 @@ def decoder_benchmark(quick=False, log=print):
 
     Greedy decoding with end-of-speech forbidden until ``units`` (min = max length
     ratio), so both paths generate exactly ``units`` units; the outputs are compared.
+    Each path: one warm-up run, then the minimum of ``GENERATION_REPEATS`` timed runs.
     """
     rows = []
     model, current = None, None
@@ -121,7 +122,7 @@ def decoder_benchmark(quick=False, log=print):
             def run():
                 return model.generate(**data, max_len_ratio=ratio, min_len_ratio=ratio, use_cache=use_cache)
 
-            timed[use_cache], outs[use_cache] = measure(run, warmup=0)
+            timed[use_cache], outs[use_cache] = measure(run, repeats=GENERATION_REPEATS, warmup=1)
             log(f"  decoder {geometry} {units} units cache={use_cache}: {timed[use_cache].seconds:.3f} s")
         n = int(outs[True][1][0])
         if recompute:

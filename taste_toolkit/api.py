@@ -188,13 +188,26 @@ class TasteTokenizer:
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder, device="cpu", allow_code=False):
+    def from_pretrained(cls, folder, device="cpu", allow_code=False, allow_external=False):
         """Load a folder written by :meth:`save_pretrained` (no code is run from it).
 
-        ``allow_code=True`` also builds plugins that evaluate code-bearing files of the
-        folder (e.g. the cosyvoice vocoder's hyperpyyaml); use it only for folders you trust.
+        Parameters
+        ----------
+        folder : str or Path
+            The tokenizer folder.
+        device : str
+            Torch device of the modules.
+        allow_code : bool
+            Also build plugins that evaluate code-bearing files of the folder (e.g. the
+            cosyvoice vocoder's hyperpyyaml); use it only for folders you trust.
+        allow_external : bool
+            Follow component options that name files or models outside the folder
+            (absolute paths, hub ids, e.g. an s3 units ``model_path``). Refused by
+            default; the folder's own ``"./..."`` files and ``builtin:`` sources are
+            always allowed.
         """
-        comps, config = load_components(folder, device=device, allow_code=allow_code)
+        comps, config = load_components(folder, device=device, allow_code=allow_code,
+                                        allow_external=allow_external)
         for role in ("aggregator", "quantizer", "decoder", "text_tokenizer"):
             if comps.get(role) is None:
                 raise MissingResourceError(f"Checkpoint {folder!r} has no {role!r} component; re-export it.")

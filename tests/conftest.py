@@ -6,11 +6,67 @@ through the ordinary ``from_pretrained`` path, so no model hub is ever contacted
 """
 
 import os
+import random
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+#: Environment variable holding the seed of the Hypothesis fuzz tests (tests/test_fuzz_api.py).
+FUZZ_SEED_ENV = "TASTE_FUZZ_SEED"
+
+
+def _fuzz_seed():
+    """The fuzzing seed of this run: ``$TASTE_FUZZ_SEED`` if set, else a fresh random one.
+
+    Returns
+    -------
+    int
+        The seed, in ``[0, 2**32)``.
+
+    Raises
+    ------
+    pytest.UsageError
+        ``TASTE_FUZZ_SEED`` is set but is not a non-negative integer.
+    """
+    value = os.environ.get(FUZZ_SEED_ENV, "").strip()
+    if not value:
+        return random.SystemRandom().randrange(2**32)
+    try:
+        seed = int(value)
+    except ValueError:
+        seed = -1
+    if seed < 0:
+        raise pytest.UsageError(f"{FUZZ_SEED_ENV}={value!r} is not a fuzzing seed: give the non-negative integer "
+                                "printed as 'fuzz seed' by a previous run, or unset it for a fresh seed.")
+    return seed
+
+
+def pytest_configure(config):
+    """Fix the fuzzing seed once per run and export it, so the fuzz tests (and xdist workers) read it."""
+    config._taste_fuzz_seed = _fuzz_seed()
+    os.environ[FUZZ_SEED_ENV] = str(config._taste_fuzz_seed)
+
+
+def _reproduce_line(config):
+    return (f"fuzz seed: {config._taste_fuzz_seed} (reproduce with {FUZZ_SEED_ENV}={config._taste_fuzz_seed} "
+            "python -m pytest tests/test_fuzz_api.py)")
+
+
+def pytest_report_header(config):
+    return _reproduce_line(config)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print the seed at the end whenever fuzz tests ran (``-q`` hides the header)."""
+    def fuzz(key):
+        return any("test_fuzz" in getattr(report, "nodeid", "") for report in terminalreporter.stats.get(key, []))
+
+    if fuzz("failed") or fuzz("error"):
+        terminalreporter.write_sep("-", _reproduce_line(config), red=True)
+    elif fuzz("passed"):
+        terminalreporter.write_line(_reproduce_line(config))
 
 #: Geometry of the tiny Whisper (see offline-resources.md section 5).
 TINY_WHISPER = dict(

@@ -2,6 +2,10 @@
 
 import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,6 +214,80 @@ def test_tokenize_input_errors(models, corpus, tmp_path, capsys):
     code, _, err = run(["tokenize", "--model", tmp_path / "nowhere", "--manifest", corpus["manifest"],
                         "--output", tmp_path / "o2.jsonl"], capsys)
     assert code == 1 and "not a folder" in err
+
+
+def test_tokenize_skips_and_counts_input_error_items(models, corpus, reference, tmp_path, capsys, monkeypatch):
+    """An InputError raised while encoding one item of a batch skips that item only."""
+    real = TasteTokenizer.encode
+
+    def encode(self, audio, sample_rate, text, **kw):
+        texts = [text] if isinstance(text, str) else text
+        if TEXTS[1].upper() in texts:
+            raise InputError("unusable transcript (test)")
+        return real(self, audio, sample_rate, text, **kw)
+
+    monkeypatch.setattr(TasteTokenizer, "encode", encode)
+    out = tmp_path / "tok.jsonl"
+    code, stdout, err = _tokenize(models, corpus, out, capsys)  # batches [u0, u1] [u2, u3] [u4]
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert (summary["tokenized"], summary["errors"]) == (3, 2)
+    assert _lines(out) == [reference[0], reference[2], reference[3]]  # u0 u3 u4: u1 failed alone
+    errors = {e["id"]: e["error"] for e in map(json.loads, _lines(f"{out}.errors"))}
+    assert errors["u1"] == "unusable transcript (test)" and "NaN" in errors["u2"]
+
+
+def _fail_second_tokenize(monkeypatch):
+    """Make the model's 2nd forward pass raise a RuntimeError (a bug, not bad input)."""
+    from taste_toolkit.models.tokenizer import TasteModel
+
+    real, calls = TasteModel.tokenize, []
+
+    def tokenize(self, *args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("shape mismatch inside the model (test)")
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(TasteModel, "tokenize", tokenize)
+
+
+def test_tokenize_internal_error_stops_after_saving(models, corpus, reference, tmp_path, capsys, monkeypatch):
+    """A RuntimeError in the model is not a skipped item: the run stops, finished batches stay saved."""
+    _fail_second_tokenize(monkeypatch)
+    out = tmp_path / "tok.jsonl"
+    with pytest.raises(RuntimeError, match="shape mismatch") as info:  # the console script exits 1, with traceback
+        _tokenize(models, corpus, out, capsys)  # batch [u0, u1] done; [u2 (NaN), u3] hits the bug
+    note = " ".join(getattr(info.value, "__notes__", []))
+    assert "internal error" in note and "2 records" in note and "rerun the same command" in note
+    assert _lines(out) == reference[:2]
+    assert [json.loads(line)["id"] for line in _lines(f"{out}.errors")] == ["u2"]  # only the real bad item
+    monkeypatch.undo()
+    code, stdout, err = _tokenize(models, corpus, out, capsys)  # the rerun resumes
+    assert code == 0, err
+    assert (json.loads(stdout)["already_done"], json.loads(stdout)["tokenized"]) == (2, 2)
+    assert _lines(out) == reference
+
+
+def test_tokenize_internal_error_exit_code(models, corpus, reference, tmp_path):
+    """Run as a program, the same bug gives a non-zero exit and a traceback, not a summary."""
+    out = tmp_path / "tok.jsonl"
+    script = "\n".join([
+        "import sys, pytest",
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})",
+        "from test_cli_tokenizer import _fail_second_tokenize",
+        "from taste_toolkit import cli",
+        "_fail_second_tokenize(pytest.MonkeyPatch())",
+        "sys.exit(cli.main(sys.argv[1:]))",
+    ])
+    argv = ["tokenize", "--model", models["main"], "--manifest", corpus["manifest"], "--output", str(out),
+            "--batch-size", "2", "--no-progress"]
+    proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert "RuntimeError: shape mismatch inside the model (test)" in proc.stderr
+    assert "rerun the same command to resume" in proc.stderr
+    assert _lines(out) == reference[:2]
 
 
 # ---------------------------------------------------------------- resynthesize / edit

@@ -136,7 +136,11 @@ def test_encoder_matches_ctranslate2(ct2_dir, encoder_out, speech_features):
     ref_model = ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type="float32", intra_threads=2)
     ref = np.array(ref_model.encode(ctranslate2.StorageView.from_array(speech_features.numpy()), to_cpu=True))
     assert encoder_out.shape == ref.shape == (1, 1500, 384)
-    assert np.abs(encoder_out.numpy() - ref).max() < 1e-3
+    # Measured 2.53e-05 (torch 1 thread, CTranslate2 4.8.5 fp32 on 2 threads); the bound leaves
+    # 2x for other thread counts and CPUs. Claim this figure, not a looser one.
+    diff = float(np.abs(encoder_out.numpy() - ref).max())
+    print(f"\nconverted tiny.en encoder vs CTranslate2 (fp32, espeak-ng sentence): max abs difference {diff:.2e}")
+    assert diff < 5e-5
 
 
 def test_greedy_decoding_transcribes_speech(converted, hf_model, encoder_out):

@@ -84,15 +84,20 @@ def test_resume_matches_uninterrupted_run(tiny_corpus, tmp_path):
     a, b = epoch_lines(straight), epoch_lines(resumed)
     assert len(a) == len(b) == 2
     assert a[1] == b[1], f"epoch-2 losses differ:\n{a[1]}\n{b[1]}"
+    # Same batches, RNG state and optimizer state on CPU: the weights (EMA codebooks
+    # included) are bit-identical, as tests/test_reliability_resume.py also asserts
+    # for a run killed mid-epoch.
+    max_diff, worst = 0.0, None
     for module in ("aggregator", "quantizer", "decoder"):
         sa = torch.load(os.path.join(latest_ckpt(straight), f"{module}.ckpt"), weights_only=True)
         sb_ = torch.load(os.path.join(latest_ckpt(resumed), f"{module}.ckpt"), weights_only=True)
         assert sa.keys() == sb_.keys()
         for k in sa:
-            # Same batches, RNG state and optimizer state: equal up to float rounding
-            # (measured max |diff| ~1e-6 on weights, ~2e-5 on EMA codebooks).
-            diff = float((sa[k].float() - sb_[k].float()).abs().max()) if sa[k].numel() else 0.0
-            assert diff < 1e-4, f"{module}.{k} differs after resume by {diff}"
+            diff = float((sa[k].double() - sb_[k].double()).abs().max()) if sa[k].numel() else 0.0
+            if diff > max_diff:
+                max_diff, worst = diff, f"{module}.{k}"
+    print(f"\nresumed after epoch 1; max |weight difference| to the uninterrupted run = {max_diff}")
+    assert max_diff == 0.0, f"{worst} differs after resume by {max_diff}"
 
 
 def test_loss_falls(tiny_corpus, tmp_path):

@@ -175,3 +175,73 @@ def test_paths_cannot_leave_the_folder(copy, tmp_path):
     marker = tmp_path / "pwned"
     _edit(copy, lambda c: c["components"]["text_tokenizer"]["options"].update(model_path="./../../../../etc/passwd"))
     refused("option path escaping the folder (./../..)", copy, marker, ConfigError, "outside the checkpoint folder")
+
+
+# ---------------------------------------------------------------- options naming things outside the folder
+
+
+@pytest.mark.parametrize("key, value, why", [
+    ("model_path", "/etc/passwd", "an absolute path"),
+    ("source", "~/models/whisper", "an absolute path"),
+    ("model_path", "../sentencepiece.model", "a path leaving the folder"),
+    ("any_option", "/tmp/x", "an absolute path"),
+    ("source", "openai/whisper-tiny", "a hub id"),
+    ("model_dir", "models", "a hub id or a path relative to the current directory"),
+    ("source", "./", None),
+    ("model_path", "./sentencepiece.model", None),
+    ("source", "builtin:tiny.en", None),
+    ("model_path", "", None),
+    ("tap", "values", None),  # not a path option: plain strings are plain strings
+    ("num_units", 20, None),
+])
+def test_external_reference_classifies_option_values(key, value, why):
+    from taste_toolkit.pretrained.standalone import external_reference
+
+    found = external_reference(key, value)
+    assert (found is None) if why is None else (found is not None and why in found)
+
+
+def _outside(copy, tmp_path, tiny_whisper_dir, where):
+    """Point one component option of ``copy`` at something outside the folder; returns (option, value)."""
+    if where == "text tokenizer model_path":
+        options = json.loads((copy / CONFIG_FILE).read_text())["components"]["text_tokenizer"]["options"]
+        outside = tmp_path / "elsewhere" / "sp.model"
+        outside.parent.mkdir()
+        shutil.copy(copy / "text_tokenizer" / options["model_path"][2:], outside)
+        role, key, value = "text_tokenizer", "model_path", str(outside)
+    else:  # the encoder's Whisper config read from an absolute folder
+        role, key, value = "encoder", "source", str(tiny_whisper_dir)
+    _edit(copy, lambda c: c["components"][role]["options"].update({key: value}))
+    return key, value
+
+
+@pytest.mark.parametrize("where", ["text tokenizer model_path", "encoder source"])
+def test_absolute_path_in_an_option_needs_allow_external(copy, tmp_path, tiny_whisper_dir, saved, where):
+    reference = TasteTokenizer.from_pretrained(saved)  # relative ./ paths and nothing else: loads as before
+    key, value = _outside(copy, tmp_path, tiny_whisper_dir, where)
+    marker = tmp_path / "never"
+    refused(f"absolute path in the {where} option without allow_external", copy, marker, ConfigError,
+            f"{key}={value!r}, an absolute path")
+    with pytest.raises(ConfigError) as err:
+        TasteTokenizer.from_pretrained(copy)
+    assert "allow_external=True" in str(err.value) and "--allow-external" in str(err.value)
+    tok = TasteTokenizer.from_pretrained(copy, allow_external=True)  # opted in: the same tokenizer
+    wav = torch.sin(torch.arange(16000) / 16000 * 2 * torch.pi * 220) * 0.3
+    assert torch.equal(tok.encode(wav, 16000, TEXTS[0]).codes, reference.encode(wav, 16000, TEXTS[0]).codes)
+
+
+def test_hub_id_in_an_option_needs_allow_external(copy, tmp_path):
+    _edit(copy, lambda c: c["components"]["encoder"]["options"].update(source="someone/whisper-evil"))
+    refused("hub id in the encoder source without allow_external", copy, tmp_path / "never", ConfigError,
+            "source='someone/whisper-evil', a hub id")
+
+
+def test_cli_allow_external_flag(copy, tmp_path, tiny_whisper_dir, capsys):
+    from taste_toolkit import cli
+
+    _outside(copy, tmp_path, tiny_whisper_dir, "text tokenizer model_path")
+    assert cli.main(["info", "--model", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "model_path=" in err and "--allow-external" in err
+    assert cli.main(["info", "--model", str(copy), "--allow-external"]) == 0
+    assert json.loads(capsys.readouterr().out)["plugins"]["text_tokenizer"] == "sentencepiece"

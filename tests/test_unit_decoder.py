@@ -148,6 +148,21 @@ def test_kv_cache_equals_recompute():
     assert torch.equal(sampled[0][0], sampled[1][0])
 
 
+def test_sampling_temperature_extremes_stay_finite():
+    """Found by the fuzzer: temperature=3.4028235677973366e38 (inf in float32) gave NaN probabilities."""
+    model = make(seed=3)
+    data = gen_inputs(batch([3, 5], [1, 1]))
+    kwargs = dict(max_len_ratio=4.0, min_len_ratio=1.0, top_k=3)
+    greedy = model.generate(**data, max_len_ratio=4.0, min_len_ratio=1.0)
+    for temperature in (3.4028235677973366e38, 1e300, 5e-324, 1e-30, 0.7):
+        units, lengths = model.generate(**data, temperature=temperature, generator=torch.Generator().manual_seed(0),
+                                        **kwargs)
+        valid = units[units >= 0]
+        assert valid.numel() == int(lengths.sum()) and int(valid.max()) < UNITS, temperature
+        if temperature < 1e-20:  # a vanishing temperature samples the top unit: greedy decoding
+            assert torch.equal(units, greedy[0]) and torch.equal(lengths, greedy[1])
+
+
 def test_batched_generation_equals_single():
     model = make(speaker_dim=SPK, seed=4)
     data = batch([3, 6, 2], [1, 1, 1], speaker_dim=SPK)

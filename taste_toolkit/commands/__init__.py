@@ -41,6 +41,11 @@ def add_model_arguments(parser, required=True):
         help="torch device to run on, e.g. cpu, cuda, cuda:1; under torchrun 'cuda' means "
         "cuda:$LOCAL_RANK (default: cpu)",
     )
+    parser.add_argument(
+        "--allow-external", action="store_true",
+        help="follow options of the --model folder that name files or models outside it (absolute paths, "
+        "hub ids, e.g. an s3 units model_path); refused by default. Use only for folders you trust",
+    )
 
 
 def add_generation_arguments(parser):
@@ -86,7 +91,8 @@ def load_tokenizer(args):
             f"--model {args.model!r} is not a folder. Pass the standalone tokenizer folder "
             "(the recipe writes <output_folder>/tokenizer; recipes/librispeech/export.py makes one)."
         )
-    return load_any(args.model, device=resolve_device(args.device))
+    return load_any(args.model, device=resolve_device(args.device),
+                    allow_external=getattr(args, "allow_external", False))
 
 
 def is_text_aligned(tokenizer):

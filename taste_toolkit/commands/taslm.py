@@ -19,6 +19,9 @@ def _add_taslm_arguments(parser):
     parser.add_argument("--model", default=None, metavar="DIR",
                         help="stage-1 tokenizer folder (default: the one recorded in the TASLM config)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--allow-external", action="store_true",
+                        help="follow options of the tokenizer folder that name files or models outside it "
+                        "(absolute paths, hub ids); refused by default. Use only for folders you trust")
     parser.add_argument("--asr", action="store_true",
                         help="transcribe audio without a transcript with the offline Whisper tiny.en ASR")
 
@@ -31,7 +34,8 @@ def _load(args):
     folder = args.model or model.config.get("tokenizer_folder")
     if not folder:
         raise InputError("--model is required: this TASLM config records no tokenizer folder.")
-    return model, TasteTokenizer.from_pretrained(folder, device=args.device)
+    return model, TasteTokenizer.from_pretrained(folder, device=args.device,
+                                                 allow_external=getattr(args, "allow_external", False))
 
 
 def _asr(args):

@@ -9,10 +9,15 @@ Rerunning the same command continues where it stopped: ids already in the output
 are skipped. A run killed mid-write leaves a partial last line (no newline); it is
 cut off before appending, so nothing is duplicated or lost. Every record carries
 the model's fingerprint and an output made by another model is refused (one file,
-one model). Items that fail (unreadable audio, empty transcript, longer than 30 s,
-NaN samples, no transcript file) are not fatal: they are logged, written to
-``FILE.jsonl.errors`` as ``{"id", "error"}`` lines and retried on the next run
-(the errors file is rewritten by each run).
+one model). Items with bad input (unreadable audio, empty transcript, longer than
+30 s, NaN samples, no transcript file: an :class:`~taste_toolkit.errors.InputError`)
+are not fatal: they are logged, written to ``FILE.jsonl.errors`` as ``{"id", "error"}``
+lines and retried on the next run (the errors file is rewritten by each run).
+
+Any other exception (a ``RuntimeError`` in the model, a bug) is not an input
+problem and is never recorded as a skipped item: the run stops with a traceback
+and a non-zero exit, after the records of every batch finished before it are on
+disk, so rerunning the same command resumes once the cause is fixed.
 
 Several processes (torchrun)
 ----------------------------
@@ -274,7 +279,29 @@ def merge_shards(output, items=None):
 
 
 def _encode(tokenizer, ready, embeddings):
-    """``[(item, tokens or error)]`` for ``ready = [(item, wav)]``; one bad item fails alone."""
+    """Tokens of a batch, with each bad-input item failing alone.
+
+    Parameters
+    ----------
+    tokenizer : TasteTokenizer or LmsptTokenizer
+        The loaded tokenizer.
+    ready : list of (Item, waveform)
+        Items whose audio loaded.
+    embeddings : bool
+        Keep the quantized vectors.
+
+    Returns
+    -------
+    list of (Item, TasteTokens or InputError)
+        When the batch raises an :class:`InputError`, the items are redone one
+        by one so only the culprit(s) get an error.
+
+    Raises
+    ------
+    Exception
+        Anything that is not an :class:`InputError` (e.g. a ``RuntimeError`` in
+        the model) propagates: it is a bug, not a bad item.
+    """
     if not ready:
         return []
     sr = encoder_sample_rate(tokenizer)
@@ -282,14 +309,14 @@ def _encode(tokenizer, ready, embeddings):
         tokens = tokenizer.encode([w for _, w in ready], sr, [i.text for i, _ in ready],
                                   return_embeddings=embeddings, batch_size=len(ready))
         return list(zip([i for i, _ in ready], tokens))
-    except (TasteError, RuntimeError):
+    except InputError as exc:
         if len(ready) == 1:
-            raise
-    out = []  # the batch failed: find the culprit(s) one by one
+            return [(ready[0][0], exc)]
+    out = []  # the batch had bad input: find the culprit(s) one by one
     for item, wav in ready:
         try:
             out.append((item, tokenizer.encode(wav, sr, item.text, return_embeddings=embeddings)))
-        except (TasteError, RuntimeError) as exc:
+        except InputError as exc:
             out.append((item, exc))
     return out
 
@@ -308,8 +335,42 @@ def _load(item, sample_rate, needs_text=True):
     return load_audio(item.wav, target_sr=sample_rate, max_seconds=MAX_SECONDS)
 
 
-def tokenize_items(tokenizer, items, output, errors_path, done, batch_size=16, embeddings=False, progress=True):
-    """Tokenize ``items`` not in ``done``; append records to ``output``. Returns ``(tokenized, errors)``."""
+def tokenize_items(tokenizer, items, output, errors_path, done, batch_size=16, embeddings=False, progress=True,
+                   counts=None):
+    """Tokenize ``items`` not in ``done`` and append their records to ``output``.
+
+    Parameters
+    ----------
+    tokenizer : TasteTokenizer or LmsptTokenizer
+        The loaded tokenizer.
+    items : list of Item
+        Utterances in output order.
+    output, errors_path : str
+        JSONL of the records (appended) and of the skipped items (rewritten).
+    done : set of str
+        Ids already in the output; they are skipped.
+    batch_size : int
+        Utterances per forward pass.
+    embeddings : bool
+        Also store the quantized vectors.
+    progress : bool
+        Show a tqdm bar.
+    counts : dict, optional
+        Updated in place with ``tokenized`` and ``errors`` after every batch, so a
+        caller still knows them when an internal error stops the run.
+
+    Returns
+    -------
+    tuple of int
+        ``(tokenized, errors)``.
+
+    Raises
+    ------
+    Exception
+        Any error that is not an :class:`InputError` (a bug, a ``RuntimeError`` in
+        the model) stops the run. The records of every finished batch and the
+        errors so far are flushed to disk first, so a rerun resumes.
+    """
     from tqdm import tqdm
 
     todo = [item for item in items if item.id not in done]
@@ -324,12 +385,17 @@ def tokenize_items(tokenizer, items, output, errors_path, done, batch_size=16, e
             for item in batch:
                 try:
                     ready.append((item, _load(item, sr, needs_text)))
-                except TasteError as exc:
+                except InputError as exc:
                     results.append((item, exc))
             try:
                 results += _encode(tokenizer, ready, embeddings)
-            except (TasteError, RuntimeError) as exc:
-                results.append((ready[0][0], exc))
+            except Exception:  # not bad input: record the bad items already found, then stop (files flushed)
+                for item, exc in results:
+                    failed += 1
+                    err.write(json.dumps({"id": item.id, "error": str(exc)}) + "\n")
+                if counts is not None:
+                    counts.update(tokenized=tokenized, errors=failed)
+                raise
             for item, result in sorted(results, key=lambda r: batch.index(r[0])):
                 if isinstance(result, Exception):
                     failed += 1
@@ -340,6 +406,8 @@ def tokenize_items(tokenizer, items, output, errors_path, done, batch_size=16, e
                     out.write(json.dumps({"id": item.id, **result.to_dict(include_embeddings=embeddings)}) + "\n")
             out.flush()  # a batch is on disk before the next starts: a kill loses at most one batch
             err.flush()
+            if counts is not None:
+                counts.update(tokenized=tokenized, errors=failed)
             bar.update(len(batch))
     bar.close()
     return tokenized, failed
@@ -406,8 +474,22 @@ def run_tokenize(args):
     _check_fingerprints(existing, tokenizer.fingerprint, output, args.model)
     done = {rid for rid, _, _ in existing}
     errors_path = target + ".errors"
-    tokenized, failed = tokenize_items(tokenizer, items, target, errors_path, done, args.batch_size,
-                                       args.embeddings, progress=not args.no_progress)
+    counts = {"tokenized": 0, "errors": 0}
+    try:
+        tokenized, failed = tokenize_items(tokenizer, items, target, errors_path, done, args.batch_size,
+                                           args.embeddings, progress=not args.no_progress, counts=counts)
+    except TasteError:
+        raise
+    except Exception as exc:  # a bug, not a bad item: stop loudly, keep what is finished
+        message = (
+            f"taste tokenize stopped by an internal error ({type(exc).__name__}: {exc}), which is not a problem "
+            f"with one input item, so it was not skipped. {counts['tokenized']} records finished before it are "
+            f"saved in {target} ({counts['errors']} skipped bad items in {errors_path}); rerun the same command to "
+            "resume once the cause is fixed. If it persists, please report it with this traceback."
+        )
+        logger.error(message)
+        exc.add_note(message)
+        raise
     summary = {
         "output": target, "items": len(items), "already_done": sum(1 for i in items if i.id in done),
         "tokenized": tokenized, "errors": failed, "errors_file": errors_path if failed else None,

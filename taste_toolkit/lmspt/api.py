@@ -146,13 +146,17 @@ class LmsptTokenizer:
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder, device="cpu"):
-        """Load a folder written by :meth:`save_pretrained` (no code is run from it)."""
+    def from_pretrained(cls, folder, device="cpu", allow_external=False):
+        """Load a folder written by :meth:`save_pretrained` (no code is run from it).
+
+        ``allow_external=True`` follows component options that name files or models
+        outside the folder (absolute paths, hub ids); they are refused by default.
+        """
         kind = read_config(folder)["metadata"].get("tokenizer", "taste")
         if kind != TOKENIZER_TYPE:
             raise InputError(f"{folder!r} holds a {kind!r} tokenizer, not LM-SPT; load it with "
                              "taste_toolkit.lmspt.load_tokenizer (or TasteTokenizer.from_pretrained).")
-        comps, config = load_components(folder, device=device)
+        comps, config = load_components(folder, device=device, allow_external=allow_external)
         for role in REQUIRED:
             if comps.get(role) is None:
                 raise MissingResourceError(f"Checkpoint {folder!r} has no {role!r} component; re-export it.")
@@ -306,10 +310,14 @@ class LmsptTokenizer:
         return self.decode(self.encode(audio, sample_rate, text), **options)
 
 
-def load_tokenizer(folder, device="cpu"):
-    """Load any exported tokenizer, dispatching on ``metadata.tokenizer`` (``"lmspt"`` or TASTE)."""
+def load_tokenizer(folder, device="cpu", allow_external=False):
+    """Load any exported tokenizer, dispatching on ``metadata.tokenizer`` (``"lmspt"`` or TASTE).
+
+    ``allow_external`` is passed to ``from_pretrained`` (see
+    :func:`taste_toolkit.pretrained.standalone.load_components`).
+    """
     if read_config(folder)["metadata"].get("tokenizer") == TOKENIZER_TYPE:
-        return LmsptTokenizer.from_pretrained(folder, device)
+        return LmsptTokenizer.from_pretrained(folder, device, allow_external=allow_external)
     from taste_toolkit.api import TasteTokenizer
 
-    return TasteTokenizer.from_pretrained(folder, device)
+    return TasteTokenizer.from_pretrained(folder, device, allow_external=allow_external)

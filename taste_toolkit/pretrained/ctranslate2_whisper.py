@@ -5,7 +5,11 @@ CTranslate2 format (``model.bin``, ``config.json``, ``tokenizer.json``,
 ``vocabulary.txt``). No model hub is reachable on our machines, so this module
 reads ``model.bin`` itself and maps its variables onto
 ``transformers.WhisperForConditionalGeneration``. The result gives the TASTE
-encoder a real pretrained Whisper instead of a random one.
+encoder a real pretrained Whisper instead of a random one. On an espeak-ng
+sentence, the converted encoder's output differs from CTranslate2's own fp32
+encoder by 2.5e-5 max abs difference (measured 2.53e-5);
+``pytest -s tests/test_ctranslate2_whisper.py -k encoder_matches`` prints the
+figure and asserts it below 5e-5.
 
 ``model.bin`` layout (little endian; strings are ``uint16`` length including a
 trailing NUL, then the bytes)::

@@ -12,6 +12,9 @@ registry name from *installed* plugins only (no ``plugin_modules`` import), and
 weights are read with safetensors only (pickle files are refused), ``"./"`` paths
 in options cannot leave the folder, and plugins that evaluate code-bearing files
 (the cosyvoice vocoder's hyperpyyaml) are refused unless ``allow_code=True``.
+Options naming anything outside the folder (an absolute path, a path relative to
+the current directory, a hub id) are refused unless ``allow_external=True``; a
+folder may always name its own files (``"./..."``) and ``builtin:`` sources.
 Training YAMLs, in contrast, are code: only run YAML files you trust.
 
 Export hook: a component may define ``export(folder) -> dict`` that writes its
@@ -183,6 +186,63 @@ def _resolve_paths(options, folder):
     return out
 
 
+#: Option names whose string value names a file, folder or hub model (a plugin loads it).
+PATH_OPTIONS = {"source", "model", "model_path", "model_dir", "init_from_whisper", "path", "checkpoint"}
+_PATH_SUFFIXES = ("_path", "_dir", "_file", "_folder", "_source", "_checkpoint")
+
+
+def _is_path_option(key):
+    return key in PATH_OPTIONS or key.endswith(_PATH_SUFFIXES)
+
+
+def external_reference(key, value):
+    """Why option ``key=value`` of a checkpoint names something outside its folder, or None.
+
+    Parameters
+    ----------
+    key : str
+        Option name.
+    value : object
+        Option value as stored in ``taste_config.json``.
+
+    Returns
+    -------
+    str or None
+        ``"an absolute path"``, ``"a path leaving ..."`` or ``"a hub id or a path relative
+        to the current directory"``; None when the value stays inside the folder: not a
+        string, empty, ``"./..."`` (resolved inside the folder), or ``"builtin:..."``.
+    """
+    if not isinstance(value, str):
+        return None
+    v = value.strip()
+    if not v or v.startswith("builtin:") or v.startswith("./"):
+        return None
+    if os.path.isabs(v) or v.startswith("~") or (len(v) > 1 and v[1] == ":" and v[0].isalpha()):
+        return "an absolute path"
+    if ".." in v.replace("\\", "/").split("/"):
+        return "a path leaving the folder ('..')"
+    if _is_path_option(key):
+        return "a hub id or a path relative to the current directory"
+    return None
+
+
+def _check_external(role, spec, folder, allow_external):
+    """Refuse options that name files or models outside the checkpoint folder, unless allowed."""
+    if allow_external:
+        return
+    for key, value in spec["options"].items():
+        why = external_reference(key, value)
+        if why is not None:
+            raise ConfigError(
+                f"Component {role!r} ({spec['kind']} {spec['name']!r}) of {Path(folder) / CONFIG_FILE} has option "
+                f"{key}={value!r}, {why}: it names something outside the tokenizer folder, which is not loaded by "
+                "default (a folder should only use its own './...' files and builtin: sources). If you trust the "
+                "folder and what it names, opt in: TasteTokenizer.from_pretrained(folder, allow_external=True), "
+                "or --allow-external on the taste command line. Otherwise re-export the tokenizer with that "
+                "file inside the folder."
+            )
+
+
 def _executes_files(kind, name):
     if (kind, name) in CODE_EXECUTING_PLUGINS:
         return True
@@ -192,7 +252,7 @@ def _executes_files(kind, name):
         return False
 
 
-def load_components(folder, device="cpu", allow_code=False):
+def load_components(folder, device="cpu", allow_code=False, allow_external=False):
     """Rebuild every component of a checkpoint and load its weights.
 
     Returns
@@ -209,6 +269,11 @@ def load_components(folder, device="cpu", allow_code=False):
     allow_code : bool
         Build plugins that evaluate code-bearing files named by their options
         (:data:`CODE_EXECUTING_PLUGINS`). Off by default: only for folders you trust.
+    allow_external : bool
+        Follow options that name files or models outside the folder (absolute paths,
+        paths relative to the current directory, hub ids; see
+        :func:`external_reference`). Off by default: ``"./..."`` files of the folder
+        and ``builtin:`` sources are always allowed.
 
     Raises
     ------
@@ -219,7 +284,8 @@ def load_components(folder, device="cpu", allow_code=False):
         a component that fails to build from its files.
     ConfigError
         YAML tags or non-plain values in the config, paths leaving the folder, a
-        code-executing plugin without ``allow_code``.
+        code-executing plugin without ``allow_code``, an option naming something
+        outside the folder without ``allow_external``.
     """
     import torch
     from safetensors import SafetensorError
@@ -252,6 +318,7 @@ def load_components(folder, device="cpu", allow_code=False):
                 f"named by its options; it is not built from a checkpoint folder unless you trust the folder: "
                 "TasteTokenizer.from_pretrained(folder, allow_code=True)."
             )
+        _check_external(role, spec, folder, allow_external)
         options = _resolve_paths(spec["options"], folder / role)
         try:
             obj = registry.build(spec["kind"], spec["name"], options)

@@ -343,10 +343,19 @@ class UnitTransformerDecoder(UnitDecoder):
     # --------------------------------------------------------------- inference
 
     def _pick(self, logits, top_k, temperature, generator):
+        """Greedy (``top_k <= 0``) or top-k sampling at ``temperature > 0``.
+
+        The top-k logits are shifted so the best is 0, then scaled in float64, so any
+        finite positive temperature gives finite probabilities: a tiny one tends to
+        greedy and a huge one (inf once cast to float32) to uniform over the k, and
+        banned units (``-inf``) stay banned.
+        """
         if top_k <= 0:
             return logits.argmax(-1)
-        values, indices = (logits / temperature).topk(min(top_k, logits.shape[-1]), dim=-1)
-        choice = torch.multinomial(torch.softmax(values, -1), 1, generator=generator)
+        values, indices = logits.topk(min(top_k, logits.shape[-1]), dim=-1)  # temperature > 0 keeps the order
+        shifted = (values - values[..., :1]).double()  # <= 0; 0 for the best unit
+        scaled = torch.where(torch.isfinite(shifted), shifted / temperature, shifted)
+        choice = torch.multinomial(torch.softmax(scaled, -1).to(values.dtype), 1, generator=generator)
         return indices.gather(-1, choice)[:, 0]
 
     @torch.no_grad()
