@@ -34,6 +34,66 @@ from taste_toolkit.registry import register
 NOT_FITTED = "fit the unit extractor first (taste prepares units automatically)"
 
 
+def random_subset(vector_batches, limit, seed):
+    """A seeded uniform subset of at most ``limit`` rows of a stream of matrices.
+
+    Every row gets a random key from a generator seeded with ``seed`` and the
+    ``limit`` smallest keys win; the pool is pruned whenever it exceeds
+    ``2 * limit`` rows, so memory stays bounded whatever the stream length.
+
+    Arguments
+    ---------
+    vector_batches : iterable of torch.Tensor
+        ``(N_i, D)`` matrices (one per utterance), moved to CPU.
+    limit : int
+        Maximum rows kept.
+    seed : int
+        Seed of the keys.
+
+    Returns
+    -------
+    kept : torch.Tensor or None
+        ``(min(limit, sum N_i), D)`` (None for an empty stream).
+    seen : int
+        ``sum N_i``, the rows seen.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    kept, keys, seen = None, None, 0
+    for feats in vector_batches:
+        feats = feats.cpu()
+        seen += feats.shape[0]
+        new_keys = torch.rand(feats.shape[0], generator=generator)
+        kept = feats if kept is None else torch.cat([kept, feats])
+        keys = new_keys if keys is None else torch.cat([keys, new_keys])
+        if kept.shape[0] > 2 * limit:
+            order = torch.argsort(keys, stable=True)[:limit]
+            kept, keys = kept[order], keys[order]
+    if kept is not None and kept.shape[0] > limit:
+        kept = kept[torch.argsort(keys, stable=True)[:limit]]
+    return kept, seen
+
+
+def standardized_kmeans(vectors, num_units, iters, seed):
+    """Per-dimension standardization then k-means.
+
+    Arguments
+    ---------
+    vectors : torch.Tensor
+        ``(N, D)`` raw vectors, ``N >= num_units``.
+
+    Returns
+    -------
+    mean, std : torch.Tensor
+        ``(D,)`` standardization (``std`` floored at 1e-5).
+    centroids : torch.Tensor
+        ``(num_units, D)`` in standardized space.
+    """
+    mean = vectors.mean(dim=0)
+    std = vectors.std(dim=0).clamp(min=1e-5)
+    centroids = kmeans((vectors - mean) / std, num_units, iters=iters, seed=seed)
+    return mean, std, centroids
+
+
 @register("units", "mel_kmeans")
 class MelKMeansUnits(UnitExtractor):
     """k-means units over stacked log-mel frames (default 256 units at 25 Hz).
@@ -98,10 +158,10 @@ class MelKMeansUnits(UnitExtractor):
             ("fit_frames", fit_frames),
         ):
             if value < 1:
-                raise ConfigError(f"mel_kmeans option {name} must be >= 1, got {value}.")
+                raise ConfigError(f"{self.registry_name} option {name} must be >= 1, got {value}.")
         if fit_frames < num_units:
             raise ConfigError(
-                f"mel_kmeans fit_frames ({fit_frames}) must be >= num_units ({num_units})."
+                f"{self.registry_name} fit_frames ({fit_frames}) must be >= num_units ({num_units})."
             )
         #: Constructor options (plain data), hashed by the unit cache.
         self.options = dict(
@@ -199,10 +259,19 @@ class MelKMeansUnits(UnitExtractor):
         feats = frames.reshape(frames.shape[0], max_units, self.stack * self.n_mels)
         return feats, lengths
 
+    def cluster_features(self, wavs, wav_lengths):
+        """The vectors k-means clusters, ``(B, S, D)`` and ``lengths (B,)``.
+
+        Here the stacked log-mels of :meth:`features`; subclasses clustering
+        other features (``whisper_kmeans``) override this and reuse ``forward``.
+        """
+        return self.features(wavs, wav_lengths)
+
     def _check_inputs(self, wavs, wav_lengths):
         if not isinstance(wavs, torch.Tensor) or wavs.dim() != 2:
             raise InputError(
-                f"mel_kmeans expects waveforms (B, L), got {getattr(wavs, 'shape', type(wavs))}."
+                f"{self.registry_name} expects waveforms (B, L), got "
+                f"{getattr(wavs, 'shape', type(wavs))}."
             )
         if wav_lengths is None:
             wav_lengths = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long)
@@ -210,7 +279,7 @@ class MelKMeansUnits(UnitExtractor):
         if wav_lengths.shape != (wavs.shape[0],):
             raise InputError(f"wav_lengths must be ({wavs.shape[0]},), got {tuple(wav_lengths.shape)}.")
         if wavs.shape[0] == 0:
-            raise InputError("mel_kmeans got an empty batch.")
+            raise InputError(f"{self.registry_name} got an empty batch.")
         if (wav_lengths < 1).any() or (wav_lengths > wavs.shape[1]).any():
             raise InputError(
                 f"wav_lengths must be absolute sample counts in [1, {wavs.shape[1]}], "
@@ -222,44 +291,19 @@ class MelKMeansUnits(UnitExtractor):
     def fit(self, waveforms):
         """Fit standardization and centroids on an iterable of 1-D waveforms.
 
-        At most ``fit_frames`` unit vectors are kept: every vector gets a random
-        key from a seeded generator and the ``fit_frames`` smallest keys win (a
-        uniform sample over all the data that never holds more than about
+        At most ``fit_frames`` unit vectors are kept (see :func:`random_subset`:
+        a uniform sample over all the data that never holds more than about
         ``2 * fit_frames`` vectors in memory).
         """
-        limit = self.options["fit_frames"]
-        generator = torch.Generator().manual_seed(self.options["seed"])
-        kept, keys = None, None
-        seen = 0
-        device = self.mean.device
-        for wav in waveforms:
-            wav = torch.as_tensor(wav, dtype=torch.float32, device=device)
-            if wav.dim() != 1 or wav.numel() == 0:
-                raise InputError(
-                    f"mel_kmeans.fit expects non-empty 1-D waveforms, got shape {tuple(wav.shape)}."
-                )
-            feats, _ = self.features(wav.unsqueeze(0), torch.tensor([wav.numel()], device=device))
-            feats = feats[0].cpu()
-            seen += feats.shape[0]
-            new_keys = torch.rand(feats.shape[0], generator=generator)
-            kept = feats if kept is None else torch.cat([kept, feats])
-            keys = new_keys if keys is None else torch.cat([keys, new_keys])
-            if kept.shape[0] > 2 * limit:
-                order = torch.argsort(keys, stable=True)[:limit]
-                kept, keys = kept[order], keys[order]
-        if kept is None or kept.shape[0] < self.num_units:
-            raise InputError(
-                f"mel_kmeans needs at least num_units={self.num_units} unit frames to fit, "
-                f"got {seen}; give more audio (about {self.num_units / self.frame_rate:.0f} s) "
-                "or lower num_units."
-            )
-        if kept.shape[0] > limit:
-            kept = kept[torch.argsort(keys, stable=True)[:limit]]
-        mean = kept.mean(dim=0)
-        std = kept.std(dim=0).clamp(min=1e-5)
-        standardized = (kept - mean) / std
-        centroids = kmeans(
-            standardized, self.num_units, iters=self.options["kmeans_iters"], seed=self.options["seed"]
+        kept, seen = random_subset(
+            (self.features(wav.unsqueeze(0), torch.tensor([wav.numel()], device=wav.device))[0][0]
+             for wav in self._fit_waveforms(waveforms)),
+            self.options["fit_frames"],
+            self.options["seed"],
+        )
+        self._check_fit_count(kept, seen)
+        mean, std, centroids = standardized_kmeans(
+            kept, self.num_units, self.options["kmeans_iters"], self.options["seed"]
         )
         self.mean.copy_(mean)
         self.std.copy_(std)
@@ -269,6 +313,25 @@ class MelKMeansUnits(UnitExtractor):
         raw = centroids * std + mean
         self.unit_log_mels.copy_(raw.reshape(self.num_units, self.stack, self.n_mels))
         self.fitted.fill_(True)
+
+    def _fit_waveforms(self, waveforms):
+        """Checked 1-D float32 waveforms on the extractor's device (a generator)."""
+        device = self.mean.device
+        for wav in waveforms:
+            wav = torch.as_tensor(wav, dtype=torch.float32, device=device)
+            if wav.dim() != 1 or wav.numel() == 0:
+                raise InputError(
+                    f"{self.registry_name}.fit expects non-empty 1-D waveforms, got shape {tuple(wav.shape)}."
+                )
+            yield wav
+
+    def _check_fit_count(self, kept, seen):
+        if kept is None or kept.shape[0] < self.num_units:
+            raise InputError(
+                f"{self.registry_name} needs at least num_units={self.num_units} unit frames to fit, "
+                f"got {seen}; give more audio (about {self.num_units / self.frame_rate:.0f} s) "
+                "or lower num_units."
+            )
 
     @torch.no_grad()
     def forward(self, wavs, wav_lengths):
@@ -290,7 +353,7 @@ class MelKMeansUnits(UnitExtractor):
         """
         if not bool(self.fitted):
             raise ConfigError(NOT_FITTED)
-        feats, lengths = self.features(wavs, wav_lengths)
+        feats, lengths = self.cluster_features(wavs, wav_lengths)
         batch, steps, dim = feats.shape
         standardized = (feats.reshape(-1, dim) - self.mean) / self.std
         units = assign(standardized, self.centroids).reshape(batch, steps)
