@@ -104,7 +104,7 @@ def test_training_lowers_loss_and_scoring_prefers_truth(llm_dir, codebook):
     first, last = train(model)
     assert last < 0.8 * first
     sets = builtin_two_choice_sets(recs, seed=0)
-    assert len(sets["prosody"]) == len(sets["shuffled_ending"]) == len(recs)
+    assert len(sets["token_mismatch"]) == len(sets["shuffled_ending"]) == len(recs)
     for name, pairs in sets.items():
         assert two_choice_accuracy(model, pairs)["accuracy"] >= 0.8, name
     # Scores restricted to a continuation ignore the prompt words.

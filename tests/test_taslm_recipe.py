@@ -46,7 +46,9 @@ def run(yaml, root, out, *extra):
           f"--manifest_folder={root / 'manifests'}", f"--token_cache={root / 'cache'}",
           f"--text_lm_folder={root / 'text_lm'}", f"--text_lm_options={TINY_LM}", "--num_quantizers=2",
           "--codebook_size=16", "--lora={r: 2, alpha: 4, dropout: 0.0, target_modules: [q_proj, v_proj]}",
-          "--batch_size=4", "--noprogressbar", *extra])
+          "--batch_size=4", "--noprogressbar",
+          f"--minimal_pairs={{folder: {root / 'minimal_pairs'}, num_pairs: 2, num_speakers: 2, max_chars: 40}}",
+          *extra])
 
 
 @pytest.mark.slow
@@ -62,7 +64,11 @@ def test_debug_run_end_to_end_and_resume(tiny_setup, tmp_path, yaml, capsys):
     assert {"taste_acc_l0", "taste_acc_l1", "text_ppl"} <= set(results["test"])
     assert set(results["text_perplexity"]) == {"taslm_with_speech", "taslm_text_only", "base_lm"}
     assert 0 < results["parameters"]["trainable"] < results["parameters"]["total"]
-    assert {"prosody", "shuffled_ending"} <= set(results["two_choice"])
+    two_choice = results["two_choice"]
+    assert {"token_mismatch", "shuffled_ending", "prosody_minimal_pairs", "speaker_minimal_pairs"} <= set(two_choice)
+    for r in two_choice.values():
+        assert 0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1
+    assert two_choice["speaker_minimal_pairs"]["n"] == two_choice["prosody_minimal_pairs"]["n"] == 2
     assert (out / "curves.png").stat().st_size > 0
     # Only trainable parameters are checkpointed.
     ckpts = sorted((out / "save").glob("CKPT*/trainable.ckpt"))
@@ -87,7 +93,7 @@ def check_cli(root, taslm, tmp_path, capsys):
     common = ["--taslm", str(taslm), "--model", str(root / "tokenizer")]
     capsys.readouterr()
     assert cli(["score", *common, "--manifest", str(root / "manifests" / "test.csv"), "--cache", str(root / "cache")]) == 0
-    assert set(json.loads(capsys.readouterr().out)) == {"prosody", "shuffled_ending"}
+    assert set(json.loads(capsys.readouterr().out)) == {"token_mismatch", "shuffled_ending"}
     rows = list(csv.DictReader(open(root / "manifests" / "test.csv")))
     for sub in ("sSC", "tSC"):
         (tmp_path / "sc" / sub).mkdir(parents=True)

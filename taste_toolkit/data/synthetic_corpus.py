@@ -129,8 +129,11 @@ def make_sentence(rng):
             return words
 
 
-def build_ssml(words, labels):
+def build_ssml(words, labels, ending="."):
     """SSML for ``words`` with one optional prosody label per word.
+
+    ``ending`` closes the text: ``"."`` (sentence-final intonation, the corpus) or
+    ``","`` (a clause that goes on: the first half of a spliced utterance).
 
     Returns
     -------
@@ -152,7 +155,9 @@ def build_ssml(words, labels):
         piece += word + closing
         parts.append(piece)
         cursor += len(piece)
-    parts.append(".</speak>")  # final period: sentence-final intonation
+    if ending not in (".", ","):
+        raise ConfigError(f"ending must be '.' or ',', got {ending!r}.")
+    parts.append(ending + "</speak>")  # ".": sentence-final intonation; ",": the clause goes on
     return "".join(parts), positions
 
 
@@ -166,8 +171,8 @@ def _speech_end(audio, frame=160, threshold_db=-40.0):
     return (int(loud[-1]) + 1) * frame / SAMPLE_RATE
 
 
-def synthesize_utterance(words, labels, voice, rate_wpm, pitch):
-    """Synthesize one sentence and time its words.
+def synthesize_utterance(words, labels, voice, rate_wpm, pitch, ending="."):
+    """Synthesize one sentence (``ending``: see :func:`build_ssml`) and time its words.
 
     Returns
     -------
@@ -178,7 +183,7 @@ def synthesize_utterance(words, labels, voice, rate_wpm, pitch):
     """
     from scipy.signal import resample_poly
 
-    ssml, positions = build_ssml(words, labels)
+    ssml, positions = build_ssml(words, labels, ending)
     raw, rate, starts, event_pos = get_synthesizer().synthesize(
         ssml, voice, rate_wpm, pitch, return_positions=True)
     by_position = {}

@@ -13,6 +13,8 @@ Configuration (plain YAML, no tags; see ``hparams/evaluate/reconstruction.yaml``
     metrics:
       - {name: wer}                                        # registered metric plugin
       - {name: wer, label: wer_large, options: {model: openai/whisper-large-v3}}
+    reference_system: text_only   # paired bootstrap of every other system vs this one
+    bootstrap: {num_resamples: 10000, seed: 0, confidence: 0.95}
 
 Run order (VERSA's "one metric at a time", so memory stays bounded): every
 system in turn is loaded, reconstructs every utterance into
@@ -28,6 +30,13 @@ a system that fails on an utterance (or returns no audio) makes it *missing*
 for that system, counted in the table and never averaged in; a metric that
 needs the transcript does not score utterances with an empty one (counted);
 a ``directory`` system's files whose IDs are not in the set are listed.
+
+Paired bootstrap: for every metric column that is a (weighted) mean of
+per-utterance values (WER, duration consistency, speaker similarity, ...), the
+report gives each system's difference from ``reference_system`` with its
+confidence interval, over the utterances both systems scored
+(:mod:`taste_toolkit.evaluation.bootstrap`). Default reference: the first
+system that is not ``type: original``.
 """
 
 import csv
@@ -42,6 +51,7 @@ import time
 import numpy as np
 
 from taste_toolkit.errors import ConfigError, InputError, TasteError
+from taste_toolkit.evaluation.bootstrap import bootstrap_options
 from taste_toolkit.evaluation.data import load_eval_set
 from taste_toolkit.evaluation.systems import build_system
 
@@ -73,6 +83,10 @@ def load_config(path, overrides=None):
             if unknown:
                 raise ConfigError(f"--{key} names {unknown}, not in {path} (has {sorted(entries)}).")
             config[key] = [entries[w] for w in wanted]
+            if key == "systems" and config.get("reference_system") not in (None, *wanted):
+                logger.warning("reference_system %s is not among --systems %s; using the default reference.",
+                               config["reference_system"], wanted)
+                config.pop("reference_system")
         else:
             config[key] = value
     return validate_config(config)
@@ -90,6 +104,13 @@ def validate_config(config):
     names = [s.get("name") for s in config["systems"]]
     if any(not isinstance(n, str) or not n or "/" in n for n in names) or len(set(names)) != len(names):
         raise ConfigError(f"System names must be unique non-empty strings without '/': {names}.")
+    reference = config.get("reference_system")
+    if reference is None:
+        reference = next((s["name"] for s in config["systems"] if s.get("type") != "original"), names[0])
+    if reference not in names:
+        raise ConfigError(f"reference_system {reference!r} is not one of the systems {names}.")
+    config["reference_system"] = reference
+    config["bootstrap"] = bootstrap_options(config.get("bootstrap"))
     labels = [m.get("label", m.get("name")) for m in config["metrics"]]
     if any(not isinstance(n, str) or not n for n in labels) or len(set(labels)) != len(labels):
         raise ConfigError(f"Metric labels must be unique (give repeated metrics a 'label'): {labels}.")

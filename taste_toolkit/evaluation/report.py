@@ -8,7 +8,11 @@ Files written in the output folder:
   extra columns); ``utts`` is the number of utterances with an output and
   ``missing`` those without (never averaged in); skipped metrics and their
   reasons, rows a metric could not score, and unmatched IDs follow the table.
-* ``summary.json``: the same numbers (NaN -> null) plus every reason.
+* ``summary.json``: the same numbers (NaN -> null) plus every reason, and
+  ``paired_bootstrap``: ``{metric: {column: {system: result}}}``, each system
+  minus ``reference_system`` on the utterances both scored, with its CI
+  (:func:`taste_toolkit.evaluation.bootstrap.paired_bootstrap`); the table of
+  these differences closes ``summary.md``.
 * ``per_utterance.csv``: one row per (system, utterance), ``<label>.<field>`` columns.
 * ``plots/durations.png``: per-word durations, source vs reconstruction, per system;
   ``plots/f0_<utt>.png``: F0 contours of one utterance; ``plots/attention_<system>.png``.
@@ -63,7 +67,67 @@ def summarize(ev):
     return out, errors
 
 
-def markdown(ev, summary, errors, wall_seconds):
+def paired_comparisons(ev):
+    """Every system minus the reference system, per metric column, with paired bootstrap CIs.
+
+    Returns
+    -------
+    dict
+        ``{label: {column: {system: paired_bootstrap result}}}`` over the
+        utterances both systems scored (finite value, positive weight). Columns
+        of metrics without per-utterance values (``paired_values``) are absent.
+    """
+    from taste_toolkit.evaluation.bootstrap import paired_bootstrap
+
+    reference, options = ev.config["reference_system"], ev.config["bootstrap"]
+    ids = set(ev.ids)
+    out = {}
+    for label, metric in ev.metrics.items():
+        if not hasattr(metric, "paired_values"):
+            continue
+        values = {}  # system -> column -> id -> (value, weight)
+        for r in read_rows(os.path.join(ev.out, "scores", f"{label}.csv")):
+            if r["id"] not in ids or r.get("error"):
+                continue
+            for column, (v, w) in metric.paired_values(r).items():
+                if math.isfinite(v) and math.isfinite(w) and w > 0:
+                    values.setdefault(r["system"], {}).setdefault(column, {})[r["id"]] = (v, w)
+        ref = values.get(reference, {})
+        for column, ref_values in ref.items():
+            for spec in ev.config["systems"]:
+                name = spec["name"]
+                mine = values.get(name, {}).get(column, {})
+                common = [i for i in ev.ids if i in mine and i in ref_values]
+                if name == reference or not common:
+                    continue
+                result = paired_bootstrap([mine[i][0] for i in common], [ref_values[i][0] for i in common],
+                                          weights=[ref_values[i][1] for i in common], **options)
+                out.setdefault(label, {}).setdefault(column, {})[name] = result
+    return out
+
+
+def paired_markdown(ev, paired):
+    """The paired-bootstrap table (system minus reference) as Markdown lines."""
+    from taste_toolkit.evaluation.bootstrap import format_ci
+
+    if not paired:
+        return []
+    opts = ev.config["bootstrap"]
+    lines = ["", f"Paired bootstrap vs `{ev.config['reference_system']}` (system minus reference, "
+             f"{opts['confidence']:.0%} CI, {opts['num_resamples']} resamples of the utterances both scored, "
+             f"seed {opts['seed']}; `P(<=0)` = share of resampled differences <= 0):", "",
+             "| metric | column | system | difference [CI] | P(<=0) | utts |", "|---|---|---|---|---|---|"]
+    for label, columns in paired.items():
+        metric = ev.metrics[label]
+        for column, per_system in columns.items():
+            digits = metric.precision.get(column, 3)
+            for name, r in per_system.items():
+                lines.append(f"| {label} | {metric.columns.get(column, column)} | {name} | "
+                             f"{format_ci(r, digits)} | {r['p_le_zero']:.3f} | {r['n']} |")
+    return lines
+
+
+def markdown(ev, summary, errors, wall_seconds, paired=None):
     """The summary table and its notes as Markdown text."""
     header, keys = ["System", "utts", "missing"], []
     for label, metric in ev.metrics.items():
@@ -102,6 +166,7 @@ def markdown(ev, summary, errors, wall_seconds):
         if extra:
             notes.append(f"- `{s}`: {len(extra)} output file(s) whose IDs are not in the evaluation set: "
                          f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+    notes += paired_markdown(ev, paired or {})
     notes += ["", f"Wall time of this run: {wall_seconds:.0f} s (reruns reuse cached outputs and scores)."]
     return "\n".join(lines + notes) + "\n"
 
@@ -215,8 +280,9 @@ def plot_attentions(ev, folder):
 def write_report(ev, wall_seconds=0.0):
     """Write every report file; returns the summary as JSON-able data."""
     summary, errors = summarize(ev)
+    paired = paired_comparisons(ev)
     with open(os.path.join(ev.out, "summary.md"), "w", encoding="utf-8") as f:
-        f.write(markdown(ev, summary, errors, wall_seconds))
+        f.write(markdown(ev, summary, errors, wall_seconds, paired))
     write_wide_csv(ev, os.path.join(ev.out, "per_utterance.csv"))
     plots = os.path.join(ev.out, "plots")
     os.makedirs(plots, exist_ok=True)
@@ -227,6 +293,8 @@ def write_report(ev, wall_seconds=0.0):
         "skipped_systems": ev.skipped_systems,
         "missing": ev.missing, "metric_errors": errors, "unmatched_ids": ev.unmatched,
         "system_info": ev.system_info, "plots": [p for p in made if p], "wall_seconds": wall_seconds,
+        "reference_system": ev.config["reference_system"], "bootstrap": ev.config["bootstrap"],
+        "paired_bootstrap": paired,
     })
     with open(os.path.join(ev.out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)

@@ -102,6 +102,13 @@ class UtteranceMetric(Metric):
         Per-utterance columns returned by :meth:`score`.
     columns : dict
         ``{summary key: table header}``: what :meth:`summarize` returns, in table order.
+    paired_columns : dict or None
+        ``{summary key: (per-utterance field, weight field or None)}``: the
+        per-utterance values whose (weighted) mean *is* the summary column, so the
+        report can bootstrap a system's difference from the reference system
+        (:mod:`taste_toolkit.evaluation.bootstrap`). ``None`` (default): every
+        column that is also a field, unweighted (right for :meth:`summarize`'s
+        default plain mean); ``{}``: none.
     """
 
     needs = frozenset({"reference_audio"})
@@ -109,6 +116,7 @@ class UtteranceMetric(Metric):
     columns: Dict[str, str] = {}
     #: Decimals of each summary column in the Markdown table (default 3).
     precision: Dict[str, int] = {}
+    paired_columns: Optional[Dict[str, Tuple[str, Optional[str]]]] = None
 
     def unavailable(self) -> Optional[str]:
         """``None`` when the metric can run, else why not (shown in the report)."""
@@ -121,6 +129,18 @@ class UtteranceMetric(Metric):
     def summarize(self, rows: List[Dict]) -> Dict:
         """Summary of one system from its rows (default: mean of each column key)."""
         return {key: nanmean(r.get(key) for r in rows) for key in self.columns}
+
+    def paired_values(self, row: Dict) -> Dict[str, Tuple[float, float]]:
+        """``{summary key: (value, weight)}`` of one scored row, for paired bootstrap CIs.
+
+        A summary column equals ``sum(weight * value) / sum(weight)`` over a system's
+        rows; a NaN value or a weight <= 0 leaves the row out of that column's comparison.
+        """
+        spec = self.paired_columns
+        if spec is None:
+            spec = {key: (key, None) for key in self.columns if key in self.fields}
+        return {key: (to_float(row.get(value)), to_float(row.get(weight)) if weight else 1.0)
+                for key, (value, weight) in spec.items()}
 
     def describe(self) -> str:
         """One line for the report: what the metric measures and with which model."""

@@ -8,16 +8,23 @@ shared prompt). A two-choice item is right when the good candidate scores higher
 
 Sets:
 
-* built-in, on the embedded corpus (no download): ``prosody`` -- the second half
-  of an utterance with its own TASTE tokens vs with the TASTE tokens of another
-  speaker's utterance (same words: only speech differs, a SALMON-style acoustic
-  consistency test); ``shuffled_ending`` -- the true second half vs its words (and
-  their tokens) shuffled (a tSC-style text test);
+* built-in, from tokenized utterances (no audio needed): ``token_mismatch`` --
+  the second half of an utterance with its own TASTE tokens vs with the last
+  tokens of another speaker's *different* utterance (the words stay, the tokens
+  belong to other words: a word/token mismatch test, not a prosody test);
+  ``shuffled_ending`` -- the true second half vs its words (and their tokens)
+  shuffled (a tSC-style text test);
+* acoustic minimal pairs synthesized by the corpus generator
+  (:mod:`taste_toolkit.data.minimal_pairs`, read by :func:`load_minimal_pairs`):
+  ``prosody_minimal_pairs`` (same words and voice, one word's prosody changed)
+  and ``speaker_minimal_pairs`` (the voice changes mid-utterance), the SALMON
+  acoustic-consistency idea: the consistent member should score higher;
 * a local folder in SALMON or spoken/topic StoryCloze style
   (:func:`load_two_choice_folder`); every sub-folder (``sSC``, ``tSC``, each
   SALMON task) is reported on its own.
 """
 
+import json
 import logging
 import os
 
@@ -70,28 +77,46 @@ def score(model, items, batch_size=16):
     return out
 
 
-def two_choice_accuracy(model, pairs, key="total", batch_size=16):
-    """Accuracy on ``pairs`` of ``{"good": (words, codes), "bad": (words, codes), "start_word": k}``."""
+def two_choice_accuracy(model, pairs, key="total", batch_size=16, seed=0, num_resamples=10000):
+    """Accuracy on ``pairs`` of ``{"good": (words, codes), "bad": (words, codes), "start_word": k}``.
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``n``, ``chance`` (0.5) and ``ci_low`` / ``ci_high``: the 95%
+        bootstrap interval of the accuracy over the pairs' 0/1 outcomes
+        (:func:`taste_toolkit.evaluation.bootstrap.bootstrap_ci`, ``seed``).
+    """
+    from taste_toolkit.evaluation.bootstrap import bootstrap_ci
+
     if not pairs:
         raise InputError("No two-choice items to evaluate.")
     items = []
     for p in pairs:
         items += [(*p["good"], p.get("start_word", 0)), (*p["bad"], p.get("start_word", 0))]
     scores = score(model, items, batch_size)
-    wins = [scores[2 * i][key] > scores[2 * i + 1][key] for i in range(len(pairs))]
-    return {"accuracy": round(float(np.mean(wins)), 4), "n": len(pairs), "chance": 0.5}
+    wins = [float(scores[2 * i][key] > scores[2 * i + 1][key]) for i in range(len(pairs))]
+    ci = bootstrap_ci(wins, num_resamples=num_resamples, seed=seed, confidence=0.95)
+    return {"accuracy": round(ci["mean"], 4), "n": len(pairs), "chance": 0.5,
+            "ci_low": round(ci["ci_low"], 4), "ci_high": round(ci["ci_high"], 4)}
 
 
 def builtin_two_choice_sets(records, seed=0, min_words=4):
-    """``{"prosody": pairs, "shuffled_ending": pairs}`` from TASTE-tokenized utterances.
+    """``{"token_mismatch": pairs, "shuffled_ending": pairs}`` from TASTE-tokenized utterances.
 
     ``records``: dicts with ``words``, ``codes (W, R)``, ``spk_id`` (see
     :func:`taste_toolkit.taslm.data.encode_manifest`). The prompt is the first half
     of the words; the candidates are the second half.
+
+    ``token_mismatch``: good = the utterance's own TASTE tokens; bad = the same
+    words carrying the last tokens of another speaker's (different) utterance.
+    The tokens then describe other words in another voice, so this measures
+    whether TASLM notices tokens that do not fit the words (it used to be called
+    ``prosody``, but it does not isolate prosody: see :func:`load_minimal_pairs`).
     """
     rng = np.random.default_rng(seed)
     usable = [r for r in records if len(r["words"]) >= min_words]
-    prosody, shuffled = [], []
+    mismatch, shuffled = [], []
     for i, r in enumerate(usable):
         words, codes = list(r["words"]), r["codes"]
         k = len(words) // 2
@@ -101,7 +126,7 @@ def builtin_two_choice_sets(records, seed=0, min_words=4):
             o = others[int(rng.integers(len(others)))]
             idx = torch.arange(n_cont) % o["codes"].shape[0]
             other = o["codes"][-n_cont:] if o["codes"].shape[0] >= n_cont else o["codes"][idx]
-            prosody.append({"good": (words, codes), "bad": (words, torch.cat([codes[:k], other])), "start_word": k})
+            mismatch.append({"good": (words, codes), "bad": (words, torch.cat([codes[:k], other])), "start_word": k})
         for _ in range(10):  # a permutation that changes the word sequence
             perm = rng.permutation(n_cont)
             new_words = words[:k] + [words[k + j] for j in perm]
@@ -109,7 +134,7 @@ def builtin_two_choice_sets(records, seed=0, min_words=4):
                 bad_codes = torch.cat([codes[:k], codes[k:][torch.as_tensor(perm)]])
                 shuffled.append({"good": (words, codes), "bad": (new_words, bad_codes), "start_word": k})
                 break
-    return {"prosody": prosody, "shuffled_ending": shuffled}
+    return {"token_mismatch": mismatch, "shuffled_ending": shuffled}
 
 
 def _transcript(path, asr):
@@ -187,3 +212,52 @@ def load_two_choice_folder(root, tokenizer, asr=None):
         raise InputError(f"No two-choice pairs found under {root!r} (expected *_correct/*_incorrect, *_pos/*_neg "
                          "or positive/ + negative/ audio files).")
     return sets
+
+
+def pairs_from_records(records):
+    """Two-choice pairs from tokenized records whose IDs are ``<pair>_pos`` / ``<pair>_neg``.
+
+    Returns
+    -------
+    list of dict
+        ``{"id", "good": (words, codes), "bad": (words, codes), "start_word": 0}`` in
+        first-seen order; both members must have the same words.
+    """
+    members = {}
+    for r in records:
+        stem, _, tag = r["id"].rpartition("_")
+        if tag not in ("pos", "neg") or not stem:
+            raise InputError(f"Record {r['id']!r} is not named <pair>_pos or <pair>_neg.")
+        members.setdefault(stem, {})[tag] = r
+    pairs = []
+    for stem, m in members.items():
+        if set(m) != {"pos", "neg"}:
+            raise InputError(f"Minimal pair {stem!r} has no {'_neg' if 'pos' in m else '_pos'} member.")
+        if list(m["pos"]["words"]) != list(m["neg"]["words"]):
+            raise InputError(f"Minimal pair {stem!r}: the members' words differ "
+                             f"({' '.join(m['pos']['words'])!r} vs {' '.join(m['neg']['words'])!r}).")
+        pairs.append({"id": stem, "good": (list(m["pos"]["words"]), m["pos"]["codes"]),
+                      "bad": (list(m["neg"]["words"]), m["neg"]["codes"]), "start_word": 0})
+    return pairs
+
+
+def load_minimal_pairs(folder, tokenizer, cache_dir=None):
+    """``{"<kind>_minimal_pairs": pairs}`` of a folder made by
+    :func:`taste_toolkit.data.minimal_pairs.generate_minimal_pairs`.
+
+    Every member is TASTE-tokenized once per tokenizer (cached in ``cache_dir``,
+    default ``<folder>/tokens``, like the recipe's training tokens); the result is
+    what :func:`two_choice_accuracy` takes (whole-utterance scores, ``start_word`` 0).
+    """
+    from taste_toolkit.data.minimal_pairs import DONE_FILE
+    from taste_toolkit.taslm.data import encode_manifest
+
+    done = os.path.join(folder, DONE_FILE)
+    if not os.path.isfile(done):
+        raise MissingResourceError(f"No minimal pairs in {folder!r}: generate them with "
+                                   "taste_toolkit.data.minimal_pairs.generate_minimal_pairs.")
+    with open(done) as f:
+        kinds = json.load(f)["options"]["kinds"]
+    cache_dir = cache_dir or os.path.join(folder, "tokens")
+    return {f"{kind}_minimal_pairs": pairs_from_records(
+        encode_manifest(tokenizer, os.path.join(folder, f"minimal_pairs_{kind}.csv"), cache_dir)) for kind in kinds}

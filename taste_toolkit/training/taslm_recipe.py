@@ -13,8 +13,12 @@ word-level TASTE codes of every utterance of the manifests; (3) with no
 (:mod:`taste_toolkit.training.text_lm`); (4) build TASLM (frozen LM + LoRA +
 fusion + head) and train it with :class:`~taste_toolkit.training.taslm_brain.TaslmBrain`;
 (5) test: loss, text perplexity of the adapted model vs the base model, per-layer
-TASTE accuracy, built-in two-choice accuracies (and a local SALMON/StoryCloze
-folder if given), LoRA parameter counts; ``test_results.json``, ``curves.png``;
+TASTE accuracy, two-choice accuracies with bootstrap 95% CIs -- built-in
+``token_mismatch`` and ``shuffled_ending``, the acoustic minimal pairs
+``prosody_minimal_pairs`` and ``speaker_minimal_pairs`` (synthesized once into
+``minimal_pairs.folder`` by :mod:`taste_toolkit.data.minimal_pairs`, before
+training), and a local SALMON/StoryCloze folder if given -- LoRA parameter
+counts; ``test_results.json``, ``curves.png``;
 (6) export the trained TASLM to ``<output_folder>/taslm`` (``TaslmModel.from_pretrained``).
 """
 
@@ -27,7 +31,7 @@ import time
 import torch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from taste_toolkit.errors import MissingResourceError
+from taste_toolkit.errors import ConfigError, MissingResourceError
 from taste_toolkit.hparams_loader import setup_experiment
 
 logger = logging.getLogger(__name__)
@@ -57,6 +61,34 @@ def prepare_backbone(hparams, records):
     folder = hparams["text_lm_folder"]
     run_on_main(ensure_text_lm, args=[folder, train, heldout], kwargs=dict(hparams["text_lm_options"] or {}))
     return folder
+
+
+def prepare_minimal_pairs(hparams, tokenizer):
+    """``(sets, skipped)``: the tokenized acoustic minimal pairs of the YAML's ``minimal_pairs``.
+
+    The audio is synthesized once (espeak-ng) into ``minimal_pairs.folder`` and its
+    tokens cached in ``token_cache``. Without espeak-ng the sets are skipped
+    (``skipped`` = ``{name: reason}``, written to ``test_results.json``), not fatal.
+    """
+    from taste_toolkit.data.minimal_pairs import KINDS, generate_minimal_pairs
+    from taste_toolkit.taslm.scoring import load_minimal_pairs
+
+    options = dict(hparams.get("minimal_pairs") or {})
+    if not options:
+        return {}, {}
+    folder = options.pop("folder", None)
+    unknown = set(options) - {"num_pairs", "seed", "num_speakers", "kinds", "max_chars"}
+    if unknown:
+        raise ConfigError(f"minimal_pairs has unknown option(s) {sorted(unknown)}; valid: folder, num_pairs, seed, "
+                          "num_speakers, kinds, max_chars.")
+    if not folder:
+        raise ConfigError("minimal_pairs needs a 'folder' (e.g. results/prepared/minimal_pairs), or {} for none.")
+    try:
+        run_on_main(generate_minimal_pairs, args=[folder], kwargs=options)
+    except MissingResourceError as exc:
+        logger.warning("Acoustic minimal pairs skipped: %s", exc)
+        return {}, {f"{k}_minimal_pairs": str(exc) for k in options.get("kinds", KINDS)}
+    return load_minimal_pairs(folder, tokenizer, hparams["token_cache"]), {}
 
 
 def text_perplexities(model, dataset, batch_size=32):
@@ -90,6 +122,7 @@ def main(argv):
     for s in splits:
         run_on_main(encode_manifest, args=[tokenizer, manifests[s], hparams["token_cache"]])
     records = {s: encode_manifest(tokenizer, manifests[s], hparams["token_cache"]) for s in splits}
+    minimal_pairs = prepare_minimal_pairs(hparams, tokenizer)  # before training: fails early, cached
     source = prepare_backbone(hparams, records)
 
     head_name, fusion_name = hparams["lm_head_name"], hparams["fusion_name"]
@@ -120,7 +153,8 @@ def main(argv):
                    test_loader_kwargs={**hparams["test_dataloader_opts"], **collate})
     if not if_main_process():
         return
-    results = evaluate_extras(hparams, model, brain, datasets[splits[2]], records[splits[2]], tokenizer)
+    results = evaluate_extras(hparams, model, brain, datasets[splits[2]], records[splits[2]], tokenizer,
+                              minimal_pairs)
     results.update(parameters=counts, train_seconds=round(train_seconds, 1), backbone_source=source)
     out = hparams["output_folder"]
     with open(os.path.join(out, "test_results.json"), "w") as f:
@@ -130,8 +164,11 @@ def main(argv):
     print(f"TASLM saved to {os.path.join(out, 'taslm')} (TaslmModel.from_pretrained)")
 
 
-def evaluate_extras(hparams, model, brain, test_set, test_records, tokenizer):
-    """Perplexities, two-choice accuracies and one generated continuation."""
+def evaluate_extras(hparams, model, brain, test_set, test_records, tokenizer, minimal_pairs=({}, {})):
+    """Perplexities, two-choice accuracies (with bootstrap 95% CIs) and one generated continuation.
+
+    ``minimal_pairs``: ``(sets, skipped)`` from :func:`prepare_minimal_pairs`.
+    """
     from taste_toolkit.taslm.generation import GenerationConfig, generate
     from taste_toolkit.taslm.scoring import builtin_two_choice_sets, load_two_choice_folder, two_choice_accuracy
 
@@ -139,6 +176,10 @@ def evaluate_extras(hparams, model, brain, test_set, test_records, tokenizer):
     results = {"test": brain.test_stats, "text_perplexity": text_perplexities(model, test_set)}
     two_choice = {name: two_choice_accuracy(model, pairs)
                   for name, pairs in builtin_two_choice_sets(test_records, seed=hparams["seed"]).items() if pairs}
+    sets, skipped = minimal_pairs
+    two_choice.update({name: two_choice_accuracy(model, pairs) for name, pairs in sets.items() if pairs})
+    if skipped:
+        results["two_choice_skipped"] = skipped
     folder = hparams.get("two_choice_folder") or ""
     if folder:
         for name, pairs in load_two_choice_folder(folder, tokenizer).items():

@@ -39,6 +39,8 @@ class DurationConsistency(UtteranceMetric):
     needs = frozenset({"reference_audio", "reference_text", "word_boundaries"})
     fields = ("consistent", "total", "consistency", "mean_abs_diff_ms", "word_durations")
     columns = {"consistency": "Dur. cons.", "mean_abs_diff_ms": "word dur. err (ms)"}
+    # Both columns are pooled over source words: per-utterance values weighted by word count.
+    paired_columns = {"consistency": ("consistency", "total"), "mean_abs_diff_ms": ("mean_abs_diff_ms", "total")}
     precision = {"mean_abs_diff_ms": 0}
 
     def __init__(self, aligner: str = "whisper", source_words: str = "aligner", tolerance: float = 0.025):

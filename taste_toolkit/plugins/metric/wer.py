@@ -97,5 +97,13 @@ class WordErrorRate(UtteranceMetric):
         detail = word_error_rate([r["ref_text"] for r in rows], [r["hyp_text"] for r in rows])
         return {"wer": detail["wer"], "detail": detail}
 
+    def paired_values(self, row):
+        """Corpus WER = per-utterance WER weighted by normalized reference words."""
+        from taste_toolkit.metrics.asr import normalize_text
+        from taste_toolkit.metrics.base import to_float
+
+        words = len(normalize_text(row.get("ref_text") or "").split())
+        return {"wer": (to_float(row.get("utt_wer")), float(words))}
+
     def close(self):
         self._asr = None
