@@ -49,6 +49,9 @@ class DecodedSpeech:
     waveforms: Optional[List[torch.Tensor]]
     sample_rate: Optional[int]
     word_spans: Optional[List[List[Tuple[float, float]]]] = None
+    #: Per utterance, True when decoding stopped at the length cap instead of at a
+    #: learned end-of-speech (``None`` for decoders without a cap).
+    capped: Optional[List[bool]] = None
 
 
 def _pad(rows, value=0, dtype=None):

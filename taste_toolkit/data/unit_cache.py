@@ -125,6 +125,27 @@ def _state(extractor):
     return {k: v.detach().cpu().contiguous() for k, v in extractor.state_dict().items()}
 
 
+def extractor_fingerprint(extractor):
+    """Short hash of what gives a fitted extractor's units their meaning.
+
+    Hashes the registry name, the options (a model file named in them by its
+    size, not its path or mtime, so a copied model keeps its fingerprint) and
+    the SHA-256 of the fitted state. Models trained on units (vocoders) record
+    it and refuse other units.
+
+    Returns
+    -------
+    str
+        16 hex digits.
+    """
+    name, options, _ = _identity(extractor)
+    options = {
+        k: (f"file|{os.path.getsize(v)}" if isinstance(v, str) and v and os.path.isfile(v) else v)
+        for k, v in options.items()
+    }
+    return _key(FORMAT_VERSION, name, options, _tensors_digest(_state(extractor)))
+
+
 def _atomic_save(tensors, path, metadata):
     from safetensors.torch import save_file
 

@@ -3,6 +3,7 @@
 import logging
 
 from taste_toolkit.api import TasteTokenizer
+from taste_toolkit.errors import ConfigError
 from taste_toolkit.registry import build
 
 logger = logging.getLogger(__name__)
@@ -12,6 +13,8 @@ def build_vocoder(name, options, units):
     """The vocoder to ship with the tokenizer, or None.
 
     ``griffin_lim`` is derived from the fitted unit extractor's table (no training);
+    ``unit_to_spec`` is loaded from ``options["checkpoint"]`` (trained by
+    :func:`taste_toolkit.training.unit_vocoder.fit_unit_vocoder`) and must match ``units``;
     any other registered vocoder is built from ``options`` (its weights must come
     with it, e.g. ``unit_hifigan`` trained by ``train_vocoder.py``).
     """
@@ -21,6 +24,19 @@ def build_vocoder(name, options, units):
         from taste_toolkit.plugins.vocoder.griffin_lim import GriffinLimVocoder
 
         return GriffinLimVocoder.from_units_extractor(units, **(options or {}))
+    if name == "unit_to_spec":
+        from taste_toolkit.plugins.vocoder.unit_to_spec import UnitToSpecVocoder
+
+        options = dict(options or {})
+        checkpoint = options.pop("checkpoint", None)
+        if not checkpoint:
+            raise ConfigError(
+                "vocoder unit_to_spec needs vocoder_options: {checkpoint: <file>}, the file written by "
+                "taste_toolkit.training.unit_vocoder.fit_unit_vocoder during data preparation."
+            )
+        vocoder = UnitToSpecVocoder.from_pretrained(checkpoint, **options)
+        vocoder.check_units(units)  # refuses a vocoder trained for other units
+        return vocoder
     return build("vocoder", name, options or {})
 
 

@@ -1,0 +1,285 @@
+"""Train the ``unit_to_spec`` vocoder on a manifest, cached on disk by the units' fingerprint.
+
+:func:`fit_unit_vocoder` is meant for data preparation (a few minutes on 2 CPU
+cores for the embedded corpus)::
+
+    from taste_toolkit.training.unit_vocoder import fit_unit_vocoder
+    path = fit_unit_vocoder(hparams["units"], manifests[train], os.path.join(prep_folder, "vocoder"),
+                            unit_file=unit_files[train])
+    vocoder = UnitToSpecVocoder.from_pretrained(path)   # or vocoder_options: {checkpoint: path}
+
+Training: random crops of ``crop_units`` units of the training utterances, the
+network predicts their log-magnitude STFT frames and is trained with L1 on the
+natural-log magnitude against the true STFT of the same samples (computed on
+the fly from the waveform with ``n_fft // 2`` samples of real context on each
+side, exactly the frames of the whole utterance's centred STFT). AdamW with a
+linear warm-up and cosine decay.
+
+Cache
+-----
+The result is ``<cache_dir>/unit_to_spec-<key>.safetensors``; ``key`` hashes the
+units' fingerprint (:func:`taste_toolkit.data.unit_cache.extractor_fingerprint`),
+the manifest (content and audio size/mtime), the vocoder options that shape
+the weights (defaults included; not ``n_iter``/``momentum``/``seed``) and the
+training options. An unchanged setup reuses the file (no training); a corrupt
+file is retrained with a warning.
+"""
+
+import logging
+import math
+import os
+import time
+
+import torch
+
+from taste_toolkit.audio import load_audio
+from taste_toolkit.data.unit_cache import (
+    _key, _manifest_digest, extractor_fingerprint, load_units, read_manifest,
+)  # fmt: skip
+from taste_toolkit.errors import ConfigError, DataPreparationError
+
+logger = logging.getLogger(__name__)
+
+#: Bump when the training procedure changes: invalidates cached vocoders.
+TRAINING_VERSION = "1"
+#: Vocoder options used only at synthesis: they do not enter the cache key.
+SYNTHESIS_OPTIONS = ("n_iter", "momentum", "seed")
+
+
+def _load_pairs(extractor, rows, unit_file, spu):
+    """``[(units (S,), wav (S * spu,))]`` for every manifest row, waveforms zero-extended."""
+    from tqdm import tqdm
+
+    cached = load_units(unit_file) if unit_file else None
+    pairs = []
+    for row in tqdm(rows, desc="vocoder data", unit="utt"):
+        wav = load_audio(row["wav"], extractor.sample_rate)
+        if cached is not None:
+            if row["ID"] not in cached:
+                raise DataPreparationError(f"Units file {unit_file!r} has no units for {row['ID']!r}.")
+            units = cached[row["ID"]]
+        else:
+            units, lengths = extractor(wav.unsqueeze(0), torch.tensor([wav.numel()]))
+            units = units[0, : int(lengths[0])]
+        steps = units.numel()
+        if abs(steps * spu - wav.numel()) > 2 * spu:
+            raise DataPreparationError(
+                f"{row['ID']}: {steps} units for {wav.numel()} samples; the unit rate does not match "
+                f"samples_per_unit={spu} of the vocoder."
+            )
+        full = torch.zeros(steps * spu)
+        full[: min(wav.numel(), full.numel())] = wav[: full.numel()]
+        pairs.append((units.long(), full))
+    return pairs
+
+
+class _CropSampler:
+    """Random ``crop`` -unit windows of the data with their waveform context.
+
+    Each item: units ``(crop,)`` (shorter utterances are padded, ``lengths``
+    tells), and the samples ``[u0 * spu - n_fft // 2, (u0 + crop) * spu + n_fft // 2)``
+    of the zero-extended utterance (zeros outside it), whose non-centred STFT
+    gives exactly the centred frames of the whole utterance.
+    """
+
+    def __init__(self, pairs, crop, spu, half, seed):
+        self.pairs, self.crop, self.spu, self.half = pairs, crop, spu, half
+        self.generator = torch.Generator().manual_seed(seed)
+        self.weights = torch.tensor([float(u.numel()) for u, _ in pairs])
+
+    def sample(self, batch):
+        picks = torch.multinomial(self.weights, batch, replacement=True, generator=self.generator)
+        units = torch.zeros(batch, self.crop, dtype=torch.long)
+        lengths = torch.zeros(batch, dtype=torch.long)
+        wavs = torch.zeros(batch, self.crop * self.spu + 2 * self.half)
+        for i, p in enumerate(picks.tolist()):
+            u, wav = self.pairs[p]
+            n = min(self.crop, u.numel())
+            start = int(torch.randint(0, u.numel() - n + 1, (1,), generator=self.generator))
+            units[i, :n] = u[start : start + n]
+            lengths[i] = n
+            lo, hi = start * self.spu - self.half, (start + n) * self.spu + self.half
+            seg = wav[max(lo, 0) : min(hi, wav.numel())]
+            wavs[i, max(-lo, 0) : max(-lo, 0) + seg.numel()] = seg
+        return units, lengths, wavs
+
+
+def _target(vocoder, wavs, frames):
+    """Natural-log ``|STFT|`` ``(B, frames, n_freq)`` of context-padded crops (non-centred)."""
+    opts = vocoder.options
+    spec = torch.stft(
+        wavs, opts["n_fft"], opts["hop_length"], window=vocoder.window, center=False, return_complex=True
+    )
+    return spec.abs().clamp(min=opts["log_floor"]).log().transpose(1, 2)[:, :frames]
+
+
+def spectral_l1(vocoder, units, lengths, wavs):
+    """Mean L1 between predicted and true log-magnitudes over valid frames (the training loss).
+
+    Arguments
+    ---------
+    vocoder : UnitToSpecVocoder
+    units : torch.Tensor
+        ``(B, C)`` unit ids.
+    lengths : torch.Tensor
+        ``(B,)`` valid units.
+    wavs : torch.Tensor
+        ``(B, C * samples_per_unit + n_fft)`` waveform crops with ``n_fft // 2``
+        samples of context on each side (see :class:`_CropSampler`).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar loss.
+    """
+    pred, frame_lengths = vocoder.spectrogram(units, lengths)
+    target = _target(vocoder, wavs, pred.shape[1])
+    mask = (torch.arange(pred.shape[1])[None] < frame_lengths[:, None]).unsqueeze(-1).to(pred.dtype)
+    return ((pred - target).abs() * mask).sum() / (mask.sum() * pred.shape[-1]).clamp(min=1)
+
+
+def train_unit_vocoder(vocoder, pairs, steps=1500, batch_size=16, crop_units=40, lr=3e-3,
+                       warmup=100, seed=0, unit_noise=0.1, progress=True):
+    """Train ``vocoder`` in place on ``(units, waveform)`` pairs.
+
+    Arguments
+    ---------
+    vocoder : UnitToSpecVocoder
+    pairs : list of (torch.Tensor, torch.Tensor)
+        Units ``(S,)`` and the waveform ``(S * samples_per_unit,)`` (zero-extended).
+    steps, batch_size, crop_units : int
+        Optimizer steps, crops per step, units per crop.
+    lr : float
+        Peak AdamW learning rate (linear warm-up over ``warmup`` steps, cosine decay).
+    seed : int
+        Seeds the initialization and the crops.
+    unit_noise : float
+        Fraction of input units replaced by random ids (the target is unchanged):
+        regularizes, and teaches robustness to a unit decoder's errors.
+    progress : bool
+        Show a tqdm bar with the running loss.
+
+    Returns
+    -------
+    dict
+        ``first_loss``, ``final_loss`` (mean of the last 50 steps), ``steps``, ``seconds``.
+    """
+    from tqdm import tqdm
+
+    if not pairs:
+        raise DataPreparationError("No training utterances for the vocoder.")
+    torch.manual_seed(seed)
+    for module in vocoder.net.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    sampler = _CropSampler(pairs, crop_units, vocoder.samples_per_unit, vocoder.options["n_fft"] // 2, seed)
+    with torch.no_grad():  # start from the mean log-spectrum: the loss starts low
+        units, lengths, wavs = sampler.sample(64)
+        frames = int(lengths.max()) * vocoder.frames_per_unit
+        vocoder.net.out.bias.copy_(_target(vocoder, wavs, frames).mean(dim=(0, 1)))
+    vocoder.train()
+    opt = torch.optim.AdamW(vocoder.parameters(), lr=lr, weight_decay=1e-4)
+
+    def schedule(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    losses, started = [], time.time()
+    bar = tqdm(range(steps), desc="unit_to_spec vocoder", unit="step", disable=not progress)
+    for _ in bar:
+        units, lengths, wavs = sampler.sample(batch_size)
+        if unit_noise > 0:
+            swap = torch.rand(units.shape, generator=sampler.generator) < unit_noise
+            noise = torch.randint(0, vocoder.num_units, units.shape, generator=sampler.generator)
+            units = torch.where(swap, noise, units)
+        loss = spectral_l1(vocoder, units, lengths, wavs)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vocoder.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if len(losses) % 25 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-25:]) / 25:.3f}")
+    vocoder.eval()
+    tail = losses[-50:]
+    return {
+        "first_loss": losses[0] if losses else float("nan"),
+        "final_loss": sum(tail) / len(tail) if tail else float("nan"),
+        "steps": steps,
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def fit_unit_vocoder(extractor, manifest, cache_dir, unit_file=None, vocoder_options=None, steps=1500,
+                     batch_size=16, crop_units=40, lr=3e-3, seed=0, unit_noise=0.1, max_utterances=None,
+                     progress=True):
+    """Train (or reuse) a ``unit_to_spec`` vocoder for a fitted unit extractor.
+
+    Arguments
+    ---------
+    extractor : UnitExtractor
+        The fitted units plugin (its fingerprint keys the cache and is stored).
+    manifest : str
+        SpeechBrain CSV of the training split (``ID, wav, ...``).
+    cache_dir : str
+        Output folder (created).
+    unit_file : str, optional
+        Units file of that split from :func:`~taste_toolkit.data.unit_cache.prepare_units`
+        (otherwise the units are computed with ``extractor``).
+    vocoder_options : dict, optional
+        :class:`~taste_toolkit.plugins.vocoder.unit_to_spec.UnitToSpecVocoder` options
+        (``num_units``, ``sample_rate``, ``samples_per_unit`` and
+        ``units_fingerprint`` come from the extractor).
+    steps, batch_size, crop_units, lr, seed, unit_noise
+        Training options (see :func:`train_unit_vocoder`).
+    max_utterances : int, optional
+        Train on at most this many utterances (the first ones of the manifest).
+    progress : bool
+        tqdm progress bars.
+
+    Returns
+    -------
+    str
+        Path of the trained vocoder (load it with ``UnitToSpecVocoder.from_pretrained``).
+    """
+    from taste_toolkit.plugins.vocoder.unit_to_spec import UnitToSpecVocoder
+
+    if not bool(getattr(extractor, "fitted", True)):
+        raise ConfigError("fit_unit_vocoder needs a fitted unit extractor; run prepare_units first.")
+    spu = getattr(extractor, "samples_per_unit", None) or round(extractor.sample_rate / extractor.frame_rate)
+    options = dict(vocoder_options or {})
+    fixed = {"num_units": int(extractor.num_units), "sample_rate": int(extractor.sample_rate),
+             "samples_per_unit": int(spu), "units_fingerprint": extractor_fingerprint(extractor)}
+    for k, v in fixed.items():
+        if k in options and options[k] != v:
+            raise ConfigError(f"vocoder option {k}={options[k]!r} contradicts the unit extractor ({v!r}).")
+    options.update(fixed)
+    rows = read_manifest(manifest)
+    if max_utterances is not None:
+        rows = rows[:max_utterances]
+    training = dict(steps=steps, batch_size=batch_size, crop_units=crop_units, lr=lr, seed=seed,
+                    unit_noise=unit_noise, max_utterances=max_utterances)
+    # Every option that shapes the weights, defaults included (synthesis options do not).
+    resolved = {k: v for k, v in UnitToSpecVocoder(**options).options.items() if k not in SYNTHESIS_OPTIONS}
+    key = _key(TRAINING_VERSION, resolved, training, _manifest_digest(manifest, rows))
+    os.makedirs(cache_dir, exist_ok=True)
+    path = os.path.join(cache_dir, f"unit_to_spec-{key}.safetensors")
+    if os.path.isfile(path):
+        try:
+            UnitToSpecVocoder.from_pretrained(path)
+            logger.info("Reusing trained unit_to_spec vocoder %s", path)
+            return path
+        except Exception as exc:  # corrupt: retrain
+            logger.warning("Cached vocoder %s is unusable (%s); training it again.", path, exc)
+    vocoder = UnitToSpecVocoder(**options)
+    pairs = _load_pairs(extractor, rows, unit_file, int(spu))
+    summary = train_unit_vocoder(vocoder, pairs, steps=steps, batch_size=batch_size, crop_units=crop_units,
+                                 lr=lr, seed=seed, unit_noise=unit_noise, progress=progress)
+    summary.update(training, utterances=len(pairs), manifest=os.path.abspath(manifest))
+    logger.info("unit_to_spec vocoder trained in %.0f s (L1 %.3f -> %.3f): %s",
+                summary["seconds"], summary["first_loss"], summary["final_loss"], path)
+    vocoder.save(path, metadata=summary)
+    return path
