@@ -113,6 +113,9 @@ class TasteTokenizer:
         self.units = units
         self.speaker = speaker.to(device).eval() if speaker is not None else None
         self.vocoder = vocoder.to(device).eval() if vocoder is not None else None
+        check_units = getattr(self.vocoder, "check_units", None)
+        if check_units is not None and units is not None:
+            check_units(units)  # a vocoder trained for other units (count or fingerprint) is refused
         self.device = torch.device(device)
         self.fingerprint = self._fingerprint()
 
@@ -401,7 +404,17 @@ class TasteTokenizer:
             units, lengths = self.model.decoder.generate(text, text_lengths, dec_speech, dec_lengths, spk,
                                                          **generate_options)
             starts = None
-        return [units[i, : int(lengths[i])].cpu() for i in range(len(batch))], starts
+        capped = self._capped(lengths, text_lengths, generate_options)
+        return [units[i, : int(lengths[i])].cpu() for i in range(len(batch))], starts, capped
+
+    def _capped(self, lengths, text_lengths, generate_options):
+        """Which decodes reached the decoder's ``max_len_ratio`` cap (None if it has none)."""
+        params = inspect.signature(self.model.decoder.generate).parameters
+        if "max_len_ratio" not in params:
+            return None
+        ratio = float(generate_options.get("max_len_ratio", params["max_len_ratio"].default))
+        cap = torch.floor(ratio * text_lengths.float().cpu()).long()
+        return [bool(int(n) >= int(c)) for n, c in zip(lengths.cpu(), cap)]
 
     @torch.no_grad()
     def vocode(self, units):
@@ -416,7 +429,10 @@ class TasteTokenizer:
 
     def decode(self, tokens, **generate_options):
         """Tokens -> units -> waveforms. ``generate_options`` go to the decoder's ``generate``."""
-        units, starts = self._generate(tokens, True, generate_options)
+        units, starts, capped = self._generate(tokens, True, generate_options)
+        if capped and any(capped):
+            logger.warning("%d of %d decodes reached the length cap (max_len_ratio) without end-of-speech; "
+                           "DecodedSpeech.capped marks them.", sum(capped), len(capped))
         wavs = self.vocode(units) if self.vocoder is not None else None
         rate = self.vocoder.sample_rate if self.vocoder is not None else None
         spans = None
@@ -427,7 +443,7 @@ class TasteTokenizer:
                 per_unit = wavs[i].numel() / rate / n if wavs is not None else 1.0 / self.units.frame_rate
                 bounds = s.tolist() + [u.numel()]
                 spans.append([(bounds[w] * per_unit, bounds[w + 1] * per_unit) for w in range(len(s))])
-        return DecodedSpeech(units, wavs, rate, spans)
+        return DecodedSpeech(units, wavs, rate, spans, capped)
 
     def reconstruct(self, audio, sample_rate, text, **generate_options):
         """``decode(encode(audio, text))``."""

@@ -1,5 +1,6 @@
 """TasteTokenizer: encode/decode/edit, standalone save/load, and safe loading of hostile folders."""
 
+import functools
 import json
 import os
 import pickle
@@ -211,3 +212,21 @@ def test_refuses_unknown_plugins_new_versions_and_bad_json(saved, tmp_path):
     _edit_config(tampered, lambda c: c["metadata"].update(fingerprint="0000"))
     with pytest.raises(InputError, match="inconsistent"):
         TasteTokenizer.from_pretrained(tampered)
+
+
+def test_decode_reports_which_decodes_hit_the_length_cap(tokenizer, monkeypatch):
+    """A decode that stops at max_len_ratio x tokens (no end-of-speech) is marked in the result."""
+    tokens = tokenizer.encode(_wav(1.2, 5), SR, TEXTS[0])
+    decoder = tokenizer.model.decoder
+    real = decoder.generate
+
+    @functools.wraps(real)
+    def no_eos(*args, **kwargs):  # the decoder never emits end-of-speech: every decode runs to the cap
+        return real(*args, **{**kwargs, "min_len_ratio": kwargs.get("max_len_ratio", 3.0)})
+
+    out = tokenizer.decode([tokens, tokens], max_len_ratio=3.0)
+    assert out.capped is not None and len(out.capped) == 2
+    assert out.capped == [u.numel() >= 3 * tokens.text_ids.numel() for u in out.units]
+    monkeypatch.setattr(decoder, "generate", no_eos)
+    capped = tokenizer.decode(tokens, max_len_ratio=3.0)
+    assert capped.capped == [True] and capped.units[0].numel() == 3 * tokens.text_ids.numel()
