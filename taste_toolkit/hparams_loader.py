@@ -227,6 +227,13 @@ def check_config(yaml_text, overrides, path="the YAML"):
                         + " ".join(f"--{m}=..." for m in missing))
     values = {k: v for k, v in {**defaults, **checked}.items() if k not in mistyped}  # reported once
     problems += _range_problems(values)
+    if values.get("stages"):
+        from taste_toolkit.training.staging import parse_stages
+
+        try:  # the staged schedule is checked before any stage builds or reads anything
+            parse_stages(values["stages"])
+        except ConfigError as exc:
+            problems.append(str(exc))
     if problems:
         raise ConfigError(f"Invalid configuration {path}: " + "; ".join(problems)
                           + ". Fix the YAML or the --key=value overrides.")

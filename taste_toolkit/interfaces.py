@@ -68,6 +68,10 @@ class AggregatorOutput:
         timestamps). Usually ``attention``; for Whisper-initialized aggregators the
         rows are shifted by one, since Whisper's query at a position attends to the
         audio of the *next* token.
+    supervised_attention : torch.Tensor, optional
+        ``(B, S, N, T)`` attention of the ``S`` supervised heads at the positions
+        whose states become the tokens' vectors (training with attention
+        supervision only; see :mod:`taste_toolkit.training.attention_supervision`).
     """
 
     embeddings: torch.Tensor
@@ -75,6 +79,7 @@ class AggregatorOutput:
     level: str
     attention: Optional[torch.Tensor] = None
     alignment: Optional[torch.Tensor] = None
+    supervised_attention: Optional[torch.Tensor] = None
 
 
 @dataclass

@@ -26,10 +26,11 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from librispeech_prepare import prepare_librispeech  # noqa: E402
 
-from taste_toolkit.hparams_loader import setup_experiment  # noqa: E402
+from taste_toolkit.hparams_loader import load_hparams, setup_experiment  # noqa: E402
 from taste_toolkit.data.unit_cache import load_units, prepare_units  # noqa: E402
 from taste_toolkit.training.data import build_datasets, compute_speaker_vectors, train_loader_kwargs  # noqa: E402
 from taste_toolkit.training.export import export_tokenizer  # noqa: E402
+from taste_toolkit.training.staging import parse_stages, stage_plan  # noqa: E402
 from taste_toolkit.training.tokenizer_brain import TasteTokenizerBrain  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -83,9 +84,8 @@ def fit_text_tokenizer(hparams, manifests, train):
     return tok
 
 
-def main():
-    hparams, run_opts = setup_experiment(sys.argv[1:])
-
+def run_stage(hparams, run_opts, encoder_cache=None):
+    """Prepare data, train, test and export one (stage of a) run; returns the test results."""
     manifests, train = prepare_corpus(hparams)
     text_tokenizer = fit_text_tokenizer(hparams, manifests, train)
     splits = {train: manifests[train]}
@@ -116,6 +116,11 @@ def main():
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
+    if encoder_cache is not None and hparams.get("cache_encoder_outputs", False):
+        brain._enc_cache = encoder_cache  # the frozen encoder's taps, shared by the stages
+    # The RVQ codebooks start from k-means over the training set's word vectors
+    # (after the previous stage's aggregator is loaded), not from one batch.
+    brain.init_quantizer_codebooks(datasets[train], hparams["valid_dataloader_opts"], hparams.get("rvq_init_batches", 0))
     train_kwargs = train_loader_kwargs(hparams, datasets[train], brain)
     valid = hparams["dev_splits"][0]
     brain.fit(
@@ -130,14 +135,70 @@ def main():
         brain.evaluate(datasets[split], min_key="loss", test_loader_kwargs=hparams["test_dataloader_opts"])
         results[split] = brain.test_stats
     if if_main_process():
-        with open(os.path.join(hparams["output_folder"], "test_results.json"), "w") as f:
-            json.dump(results, f, indent=2)
-        for split, stats in results.items():
-            print(f"[{split}] " + "  ".join(f"{k}={v}" for k, v in stats.items() if not k.startswith("rvq_")))
         # The best checkpoint is loaded (evaluate used min_key="loss"): ship it.
         if hparams.get("export_folder"):
             export_tokenizer(hparams, hparams["export_folder"])
             print(f"Standalone tokenizer: {hparams['export_folder']} (load with TasteTokenizer.from_pretrained)")
+            add_token_measurements(hparams, results)
+        with open(os.path.join(hparams["output_folder"], "test_results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        for split, stats in results.items():
+            print(f"[{split}] " + "  ".join(f"{k}={v}" for k, v in stats.items() if not k.startswith("rvq_usage")))
+    return results, getattr(brain, "_enc_cache", None)
+
+
+def add_token_measurements(hparams, results):
+    """Alignment error and token probes of the exported tokenizer, on corpora with word-level metadata.
+
+    Adds ``align_boundary_error_s`` and ``probe_*`` to each test split's results
+    (see :mod:`taste_toolkit.evaluation.token_measurements`); skipped, with a log
+    line, when the corpus has no ``metadata.jsonl`` (e.g. LibriSpeech).
+    """
+    if not hparams.get("measure_tokens", True):
+        return
+    from taste_toolkit.evaluation.token_measurements import measure_exported_tokenizer
+
+    from taste_toolkit.errors import TasteError
+
+    corpus = hparams["data_folder"] or hparams["corpus_folder"]
+    for split in hparams["test_splits"]:
+        try:
+            extra = measure_exported_tokenizer(hparams["export_folder"], corpus, hparams["train_splits"][0], split,
+                                               hparams.get("probe_train_utterances", 240))
+        except TasteError as exc:  # e.g. oracle_spans needs the corpus' word times to encode
+            logger.warning("Token measurements skipped for %s: %s", split, exc)
+            continue
+        results[split].update(extra)
+
+
+def main():
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    hparams, run_opts = setup_experiment(sys.argv[1:])
+    stages = parse_stages(hparams.get("stages") or [])
+    if not stages:
+        run_stage(hparams, run_opts)
+        return
+    # The paper's staged schedule: each stage its own folder and results, initialized
+    # from the previous one; a finished stage is skipped when the run is restarted.
+    cache = None
+    plan = stage_plan(stages, hparams["output_folder"])
+    del hparams
+    for k, (name, folder, stage_overrides) in enumerate(plan):
+        last = k == len(plan) - 1
+        if not last and os.path.isfile(os.path.join(folder, "test_results.json")):
+            logger.info("Stage %d (%s) already finished in %s: skipped.", k, name, folder)
+            continue
+        print(f"=== stage {k + 1}/{len(plan)}: {name} -> {folder}", flush=True)
+        merged = {**_as_overrides(overrides), **stage_overrides}
+        hparams, path, merged = load_hparams(hparams_file, merged)
+        sb.create_experiment_directory(experiment_directory=folder, hyperparams_to_save=path, overrides=merged)
+        _, cache = run_stage(hparams, run_opts, cache)
+
+
+def _as_overrides(text):
+    import yaml
+
+    return dict(yaml.safe_load(text) or {}) if isinstance(text, str) else dict(text or {})
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ class TasteForwardOutput:
     quantizer: Optional[QuantizerOutput]
     aggregator: Optional[AggregatorOutput]
     loss: torch.Tensor
+    attention_loss: Optional[torch.Tensor] = None
 
 
 def broadcast_words_to_tokens(x, word_ids, token_lengths):
@@ -69,12 +70,22 @@ class TasteModel(nn.Module):
         Checked against the decoder's speaker prefix size.
     quantizer_weight : float
         Weight of the quantizer (commitment) loss in ``L = L_ce + w * L_rvq``.
+    attention_supervision : AttentionSupervision, optional
+        Adds its weighted loss on the aggregator's supervised heads in training
+        (``L += w_att * L_att``); None or weight 0 = the paper's loss.
     """
 
-    def __init__(self, encoder, aggregator, quantizer, decoder, text_tokenizer=None, speaker=None, quantizer_weight=1.0):
+    def __init__(self, encoder, aggregator, quantizer, decoder, text_tokenizer=None, speaker=None, quantizer_weight=1.0,
+                 attention_supervision=None):
         super().__init__()
         self.encoder, self.aggregator, self.quantizer, self.decoder = encoder, aggregator, quantizer, decoder
         self.quantizer_weight = quantizer_weight
+        if attention_supervision is not None and not attention_supervision.active:
+            attention_supervision = None
+        if attention_supervision is not None and not getattr(aggregator, "supervised_heads", None):
+            # Text-only and span-pooling ablations have no attention to supervise.
+            attention_supervision = None
+        self.attention_supervision = attention_supervision
         self._check_dims(text_tokenizer, speaker)
 
     def _check_dims(self, text_tokenizer, speaker):
@@ -165,4 +176,9 @@ class TasteModel(nn.Module):
         loss = dec.loss
         if q is not None:
             loss = loss + self.quantizer_weight * q.loss
-        return TasteForwardOutput(dec, q, agg, loss)
+        attention_loss = None
+        if self.attention_supervision is not None and agg is not None and agg.supervised_attention is not None:
+            attention_loss = self.attention_supervision(agg.supervised_attention, tokens, token_lengths, word_ids,
+                                                        encoder_out)
+            loss = loss + attention_loss
+        return TasteForwardOutput(dec, q, agg, loss, attention_loss)

@@ -48,3 +48,87 @@ def load_previous_stage(path, model, modules=None):
     if not report:
         raise ConfigError(f"init_from={path!r}: none of {list(modules or DEFAULT_MODULES)} found in {folder}.")
     return report
+
+
+#: Stages of the paper's schedule and the YAML overrides that make each one.
+STAGE_OVERRIDES = {
+    "text_only": {"aggregator_name": "none"},  # the decoder learns text -> units first
+    "no_vq": {"quantizer_name": "identity"},  # continuous speech vectors
+    "rvq": {},  # the full tokenizer, as the YAML configures it
+}
+
+
+def parse_stages(stages):
+    """Validate a ``stages:`` list before any heavy work.
+
+    Each entry is a mapping: ``name`` (one of :data:`STAGE_OVERRIDES`), ``epochs``
+    (>= 1), optional ``init`` (``"previous"``, the default after the first stage;
+    ``"none"``, the first stage's default; or the path of a save folder) and
+    optional ``overrides`` (more YAML keys for this stage only).
+
+    Returns
+    -------
+    list of dict
+        Normalized entries ``{name, epochs, init, overrides}``.
+
+    Raises
+    ------
+    ConfigError
+        Unknown stage, bad epochs, a first stage told to start from a previous
+        one, or duplicate names (each stage writes its own folder).
+    """
+    if not stages:
+        return []
+    if not isinstance(stages, (list, tuple)):
+        raise ConfigError(f"stages must be a list of {{name, epochs}} mappings, got {stages!r}.")
+    out, seen = [], set()
+    for k, entry in enumerate(stages):
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ConfigError(f"stages[{k}] must be a mapping with a name, e.g. {{name: no_vq, epochs: 5}}; got {entry!r}.")
+        unknown = set(entry) - {"name", "epochs", "init", "overrides"}
+        if unknown:
+            raise ConfigError(f"stages[{k}] has unknown keys {sorted(unknown)}; allowed: name, epochs, init, overrides.")
+        name = entry["name"]
+        if name not in STAGE_OVERRIDES:
+            raise ConfigError(f"stages[{k}]: unknown stage {name!r}; choose from {sorted(STAGE_OVERRIDES)}.")
+        if name in seen:
+            raise ConfigError(f"stages[{k}]: stage {name!r} appears twice; each stage writes its own folder.")
+        seen.add(name)
+        epochs = entry.get("epochs")
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+            raise ConfigError(f"stages[{k}] ({name}): epochs must be an integer >= 1, got {epochs!r}.")
+        init = entry.get("init", "previous" if k else "none")
+        if init == "previous" and k == 0:
+            raise ConfigError(f"stages[0] ({name}) has init: previous but no stage comes before it; "
+                              "use init: none or the path of an earlier run's save folder.")
+        overrides = entry.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"stages[{k}] ({name}): overrides must be a mapping, got {overrides!r}.")
+        out.append({"name": name, "epochs": epochs, "init": init, "overrides": overrides})
+    return out
+
+
+def stage_plan(stages, output_folder):
+    """Folders and YAML overrides of every stage.
+
+    The last stage writes to ``output_folder`` itself (its results and export are
+    the run's); earlier stages write to ``<output_folder>/stages/<k>_<name>``.
+
+    Returns
+    -------
+    list of (name, folder, overrides)
+    """
+    plan, previous = [], None
+    for k, stage in enumerate(stages):
+        last = k == len(stages) - 1
+        folder = output_folder if last else os.path.join(output_folder, "stages", f"{k}_{stage['name']}")
+        init = stage["init"]
+        init_from = "" if init == "none" else os.path.join(previous, "save") if init == "previous" else init
+        overrides = {**STAGE_OVERRIDES[stage["name"]], **stage["overrides"],
+                     "number_of_epochs": stage["epochs"], "output_folder": folder, "init_from": init_from,
+                     "stages": []}
+        if not last:
+            overrides["export_folder"] = ""
+        plan.append((stage["name"], folder, overrides))
+        previous = folder
+    return plan

@@ -98,8 +98,11 @@ class TasteTokenizerBrain(sb.Brain):
         have (e.g. the speech branch of the decoder after text-only) keep their init.
         """
         src = getattr(self.hparams, "init_from", "") or ""
-        if not src or (self.checkpointer is not None and self.checkpointer.find_checkpoint() is not None):
+        if not src or getattr(self, "_previous_stage_loaded", False):
             return
+        if self.checkpointer is not None and self.checkpointer.find_checkpoint() is not None:
+            return
+        self._previous_stage_loaded = True
         from taste_toolkit.training.staging import load_previous_stage
 
         load_previous_stage(src, self.modules.model, getattr(self.hparams, "init_modules", None))
@@ -172,7 +175,89 @@ class TasteTokenizerBrain(sb.Brain):
         if out.quantizer is not None:
             for k, v in out.quantizer.metrics.items():
                 self._qmetrics.setdefault(k, []).append(float(v))
+            if stage != sb.Stage.TRAIN and out.quantizer.codes is not None:
+                self._count_codes(out.quantizer.codes)
+        if out.attention_loss is not None:
+            self._counts["attention_loss"] = self._counts.get("attention_loss", 0.0) + float(out.attention_loss)
+            self._counts["attention_batches"] = self._counts.get("attention_batches", 0) + 1
         return out.loss
+
+    def _count_codes(self, codes):
+        """Accumulate per-layer code histograms over the whole split (``codes (B, M, R)``, -1 skipped)."""
+        k = self.modules.model.quantizer.codebook_size
+        hist = self._code_hist
+        for r in range(codes.shape[-1]):
+            layer = codes[..., r].flatten()
+            layer = layer[layer >= 0].cpu()
+            h = torch.bincount(layer, minlength=k)
+            hist[r] = hist[r] + h if r in hist else h
+
+    def split_codebook_perplexity(self):
+        """``{rvq_perplexity_l{r}: exp(entropy)}`` of each layer's code histogram over the split.
+
+        Unlike the per-batch perplexity (bounded by the batch's word count), this is
+        the codebook usage of the whole evaluated split.
+        """
+        out = {}
+        for r, h in sorted(getattr(self, "_code_hist", {}).items()):
+            prob = h.double() / max(int(h.sum()), 1)
+            prob = prob[prob > 0]
+            out[f"rvq_perplexity_l{r}"] = round(float(torch.exp(-(prob * prob.log()).sum())), 2)
+        return out
+
+    @torch.no_grad()
+    def init_quantizer_codebooks(self, train_set, loader_kwargs, max_batches=0):
+        """Initialize the RVQ codebooks by k-means over the aggregator's word vectors.
+
+        Runs the encoder (filling its cache) and the aggregator over the training
+        set (the first ``max_batches`` batches; 0 = all), so every code starts on
+        a distinct vector, instead of the library's k-means on one batch. Does
+        nothing when the quantizer has no ``init_codebooks``, is already
+        initialised (a resumed run, or loaded weights) or a checkpoint exists.
+
+        Returns
+        -------
+        dict or None
+            The quantizer's report (vectors used, perplexity per layer), or None.
+        """
+        model = self.modules.model
+        q = model.quantizer
+        if q is None or not hasattr(q, "init_codebooks"):
+            return None
+        if self.checkpointer is not None and self.checkpointer.find_checkpoint() is not None:
+            return None
+        self._init_from_previous_stage()  # the earlier stage's aggregator is what speaks
+        if q.initialised:
+            return None
+        loader = self.make_dataloader(train_set, sb.Stage.VALID, **loader_kwargs)
+        was_training = model.training
+        model.eval()
+        vectors = []
+        try:
+            from tqdm import tqdm
+
+            total = min(len(loader), max_batches) if max_batches else len(loader)
+            for i, batch in enumerate(tqdm(loader, total=total, desc="rvq k-means init", unit="batch")):
+                if max_batches and i >= max_batches:
+                    break
+                batch = batch.to(self.device)
+                tokens, tok_rel = batch.tokens
+                word_ids, _ = batch.word_ids
+                units, _ = batch.units
+                tok_lens = relative_to_absolute(tok_rel, tokens.shape[1])
+                extra = {}
+                if getattr(model.aggregator, "needs_unit_word_ids", False):
+                    extra["unit_word_ids"] = batch.unit_word_ids.data
+                agg = model.aggregator(tokens, tok_lens, word_ids, self._encoder_out(batch), **extra)
+                if agg is None:
+                    return None
+                valid = torch.arange(agg.embeddings.shape[1], device=agg.embeddings.device)[None] < agg.lengths[:, None]
+                vectors.append(agg.embeddings[valid].float().cpu())
+        finally:
+            model.train(was_training)
+        report = q.init_codebooks(torch.cat(vectors))
+        logger.info("RVQ codebooks initialized by k-means on %d word vectors: %s", report["vectors"], report)
+        return report
 
     def check_loss_isfinite(self, loss):
         """Report a non-finite loss with its batch's IDs and undo the batch's codebook updates.
@@ -226,12 +311,12 @@ class TasteTokenizerBrain(sb.Brain):
 
     # -------------------------------------------------------------- stages
     def on_stage_start(self, stage, epoch=None):
-        self._counts, self._qmetrics = {}, {}
+        self._counts, self._qmetrics, self._code_hist = {}, {}, {}
         self._attention_example = None
         if stage == sb.Stage.TRAIN:
             self._nonfinite_ids = []
 
-    def stage_stats(self, stage_loss):
+    def stage_stats(self, stage_loss, stage=None):
         stats = {"loss": round(float(stage_loss), 4)}
         c = self._counts
         total = c.get("total", 0)
@@ -251,13 +336,25 @@ class TasteTokenizerBrain(sb.Brain):
             stats["text_token_rate_hz"] = round(c.get("text_tokens", 0.0) / seconds, 3)
         for k, v in self._qmetrics.items():
             stats[k] = round(sum(v) / len(v), 4)
+        # Split-level codebook perplexity replaces the per-batch average where codes were counted.
+        stats.update(self.split_codebook_perplexity())
+        if c.get("attention_batches"):
+            stats["attention_loss"] = round(c["attention_loss"] / c["attention_batches"], 4)
+        sup = getattr(self.modules.model, "attention_supervision", None)
+        if stage == sb.Stage.TRAIN and sup is not None:
+            counts = sup.reset_counts()
+            stats["attention_skipped"] = counts["skipped"]
+            if counts["skipped"]:
+                logger.warning("Attention supervision skipped %d of %d utterances this epoch (no usable "
+                               "aligned span: silence, too few frames, or a word longer than %.1f s).",
+                               counts["skipped"], counts["skipped"] + counts["used"], sup.max_word_seconds)
         return stats
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
-            self.train_stats = self.stage_stats(stage_loss)
+            self.train_stats = self.stage_stats(stage_loss, stage)
             return
-        stats = self.stage_stats(stage_loss)
+        stats = self.stage_stats(stage_loss, stage)
         if stage == sb.Stage.VALID:
             lr = self.optimizer.param_groups[0]["lr"]
             annealing = getattr(self.hparams, "lr_annealing", None)

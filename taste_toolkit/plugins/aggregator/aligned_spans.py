@@ -94,8 +94,28 @@ class AlignedSpansAggregator(Aggregator):
         digest.update(keys.detach().cpu().float().contiguous().numpy().tobytes())
         return digest.digest()
 
-    def _token_spans(self, tokens, token_lengths, word_ids, encoder_out, need_weights):
-        """Per utterance ``(first, last)`` frame arrays (or None), and the aligner output if it ran."""
+    def token_spans(self, tokens, token_lengths, word_ids, encoder_out, need_weights=False):
+        """DTW frame spans of every token, memoized by content.
+
+        Arguments
+        ---------
+        tokens, word_ids : torch.Tensor
+            ``(B, N)`` text tokens and their word indices.
+        token_lengths : torch.Tensor
+            ``(B,)`` valid tokens.
+        encoder_out : EncoderOutput
+            Only the keys (the encoder's last layer) are read.
+        need_weights : bool
+            Run the aligner even if every span is memoized, to return its attention.
+
+        Returns
+        -------
+        spans : list
+            Per utterance ``(first, last)`` ``(N,)`` inclusive frame arrays, or None
+            (no tokens or no frames).
+        aligned : AggregatorOutput or None
+            The aligner's output when it ran.
+        """
         keys, b = encoder_out.keys, tokens.shape[0]
         sizes = [(int(token_lengths[i]), int(encoder_out.lengths[i])) for i in range(b)]
         ids = [self._span_key(tokens[i, :n], keys[i, :t]) if n and t else None for i, (n, t) in enumerate(sizes)]
@@ -134,7 +154,7 @@ class AlignedSpansAggregator(Aggregator):
             ``embeddings (B, W, value_dim [+1])`` word-level; ``attention`` and
             ``alignment`` ``(B, N, T)`` from the aligner when ``need_weights``.
         """
-        spans, aligned = self._token_spans(tokens, token_lengths, word_ids, encoder_out, need_weights)
+        spans, aligned = self.token_spans(tokens, token_lengths, word_ids, encoder_out, need_weights)
         values = encoder_out.values
         b, _, d = values.shape
         token_lengths = token_lengths.long().cpu()

@@ -15,6 +15,7 @@ does for its key/value split; both give the same outputs (within float rounding)
 """
 
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 QUERY_STATES = ("token", "predicting")
+READOUTS = ("state", "attended_values")
 PREDICTING_NEEDS_PROMPT = (
     "query_state 'predicting' reads the state before each token, so the first token needs the Whisper prompt "
     "before it: set init_from_whisper (with use_whisper_prompt: True), or use query_state: token."
@@ -204,6 +206,29 @@ class CrossAttentionAggregator(Aggregator):
         prompt's last token for the first word), the one that predicts token i
         and attends to token i's own audio, as Whisper's word timestamps read it.
         Needs the Whisper prompt (``init_from_whisper`` with ``use_whisper_prompt``).
+    supervised_heads : str or list of [layer, head]
+        Cross-attention heads trained towards each word's time span by the
+        attention-supervision loss (:mod:`taste_toolkit.training.attention_supervision`):
+        ``"all"`` (every head of every layer, so every layer's cross-attention
+        pools the word's own frames), a list, or empty (the paper: no
+        supervision). When set, these heads, read at the positions whose states
+        become the tokens' vectors, are also the ``attention``/``alignment``
+        returned for plots and word timestamps.
+    log_width_scale : float
+        > 0 appends one feature per token: this factor times the log of the
+        supervised heads' effective attention width in seconds (the exponential
+        of their entropy; the word's duration when they attend uniformly over
+        its span). A mean over frames forgets how many frames it pooled; this
+        keeps the word's duration in the vector. 0 = off (the paper).
+    readout : str
+        What becomes a token's vector. ``"state"`` (the paper): the decoder's
+        final state at the token's position, a mix of the text stream and what
+        the cross-attention brought in. ``"attended_values"``: the value tap
+        averaged with the supervised heads' attention (no text stream, no
+        projection), i.e. the word's own frames as the trained attention
+        delimits them; needs ``supervised_heads``. On the embedded corpus the
+        final state is dominated by the text and its codebooks collapse
+        (RESULTS.md, session 6).
     """
 
     def __init__(
@@ -225,6 +250,9 @@ class CrossAttentionAggregator(Aggregator):
         alignment_heads: list = (),
         attention_implementation: str = "sdpa",
         query_state: str = "token",
+        supervised_heads="",
+        log_width_scale: float = 0.0,
+        readout: str = "state",
     ):
         super().__init__()
         if query_state not in QUERY_STATES:
@@ -255,11 +283,38 @@ class CrossAttentionAggregator(Aggregator):
         bad = [[l, h] for l, h in self.alignment_heads if not (0 <= l < num_layers and 0 <= h < num_heads)]
         if bad:
             raise ConfigError(f"alignment_heads {bad} are outside {num_layers} layers x {num_heads} heads.")
+        self.supervised_heads = self._parse_supervised_heads(supervised_heads, num_layers, num_heads)
+        if log_width_scale < 0:
+            raise ConfigError(f"log_width_scale must be >= 0, got {log_width_scale}.")
+        if log_width_scale > 0 and not self.supervised_heads:
+            raise ConfigError("log_width_scale reads the supervised heads' attention: set supervised_heads "
+                              "(e.g. 'all') as well, or log_width_scale: 0.")
+        self.log_width_scale = float(log_width_scale)
+        if readout not in READOUTS:
+            raise ConfigError(f"readout must be one of {READOUTS}, got {readout!r}.")
+        if readout == "attended_values" and not self.supervised_heads:
+            raise ConfigError("readout 'attended_values' averages the values with the supervised heads' attention: "
+                              "set supervised_heads (e.g. 'all'), or use readout: state.")
+        self.readout = readout
         if value_identity_init:
             self._identity_values()
         if freeze_embeddings:
             self.embed_tokens.requires_grad_(False)
             self.embed_positions.requires_grad_(False)
+
+    @staticmethod
+    def _parse_supervised_heads(heads, num_layers, num_heads):
+        if heads in ("", None, (), []):
+            return []
+        if heads == "all":
+            return [[l, h] for l in range(num_layers) for h in range(num_heads)]
+        if isinstance(heads, str):
+            raise ConfigError(f"supervised_heads must be 'all', a list of [layer, head] or empty, got {heads!r}.")
+        out = [[int(l), int(h)] for l, h in heads]
+        bad = [[l, h] for l, h in out if not (0 <= l < num_layers and 0 <= h < num_heads)]
+        if bad:
+            raise ConfigError(f"supervised_heads {bad} are outside {num_layers} layers x {num_heads} heads.")
+        return out
 
     def _identity_values(self):
         for layer in self.layers:
@@ -323,7 +378,8 @@ class CrossAttentionAggregator(Aggregator):
 
     @property
     def output_dim(self):
-        return self.d_model
+        width = self.value_dim if self.readout == "attended_values" else self.d_model
+        return width + int(self.log_width_scale > 0)
 
     def forward(self, tokens, token_lengths, word_ids, encoder_out, need_weights=False):
         """Pool speech per text token (or word).
@@ -350,25 +406,56 @@ class CrossAttentionAggregator(Aggregator):
         t = encoder_out.keys.shape[1]
         frame_mask = (torch.arange(t, device=x.device)[None] < encoder_out.lengths[:, None].to(x.device))[:, None, None, :]
         heads = self.alignment_heads or [[len(self.layers) - 1, h] for h in range(self.layers[-1].encoder_attn.num_heads)]
+        supervised = self.supervised_heads
+        if supervised:  # the trained alignment: plots and timestamps read the supervised heads
+            heads = supervised
+        explicit = bool(supervised) and (self.training or self.log_width_scale > 0 or self.readout != "state")
         picked = []
         for i, layer in enumerate(self.layers):
-            want = need_weights and any(l == i for l, _ in heads)
+            want = (need_weights or explicit) and any(l == i for l, _ in heads)
             x, weights = layer(x, causal, encoder_out.keys, encoder_out.values, frame_mask, want)
             if want:
                 picked += [weights[:, h] for l, h in heads if l == i]
         x = self.layer_norm(x)
         # "predicting": token i's vector is the state that predicts it (position p + i - 1).
-        x = x[:, p - 1 : p - 1 + n] if self.query_state == "predicting" else x[:, p:]
-        attention = alignment = None
+        rows = slice(p - 1, p - 1 + n) if self.query_state == "predicting" else slice(p, p + n)
+        x = x[:, rows]
+        attention = alignment = supervised_attention = None
         if picked:
-            full = torch.stack(picked).mean(0)  # (B, p + n, T)
+            stacked = torch.stack(picked, 1)  # (B, heads, p + n, T)
+            full = stacked.mean(1)
             attention = full[:, p:]
-            # Whisper's query at position i predicts token i + 1, so the audio of
-            # token i is attended from the previous position (the prompt's last
-            # token for the first word), as in Whisper's word timestamps.
-            alignment = full[:, p - 1 : p - 1 + n] if p > 0 else attention
+            if supervised:
+                # Supervised rows are the ones that become the tokens' vectors.
+                alignment = attention = full[:, rows]
+                supervised_attention = stacked[:, :, rows] if self.training else None
+            else:
+                # Whisper's query at position i predicts token i + 1, so the audio of
+                # token i is attended from the previous position (the prompt's last
+                # token for the first word), as in Whisper's word timestamps.
+                alignment = full[:, p - 1 : p - 1 + n] if p > 0 else attention
+            if self.readout == "attended_values":
+                # The word's own frames, as the trained attention delimits them.
+                x = full[:, rows] @ encoder_out.values.to(full.dtype)
+            if self.log_width_scale > 0:
+                x = torch.cat([x, self._log_width(stacked[:, :, rows], encoder_out.frame_rate)], -1)
+        elif self.log_width_scale > 0 or self.readout != "state":
+            raise ConfigError("log_width_scale and readout 'attended_values' need the supervised heads' attention, "
+                              "which was not computed.")
+        if not need_weights:
+            attention = alignment = None
         if self.word_pooling == "mean":
             pooled, lengths = word_mean_pool(x, word_ids, token_lengths)
-            return AggregatorOutput(pooled, lengths, "word", attention, alignment)
+            return AggregatorOutput(pooled, lengths, "word", attention, alignment, supervised_attention)
         x = x * (torch.arange(n, device=x.device)[None] < token_lengths[:, None])[..., None]
-        return AggregatorOutput(x, token_lengths, "token", attention, alignment)
+        return AggregatorOutput(x, token_lengths, "token", attention, alignment, supervised_attention)
+
+    def _log_width(self, attention, frame_rate):
+        """``(B, N, 1)`` scaled log of the effective attention width in seconds.
+
+        ``attention (B, S, N, T)``: the width of one head is ``exp(entropy)`` frames
+        (T for a uniform attention over T frames); the heads' log widths are averaged.
+        """
+        p = attention.float().clamp_min(1e-12)
+        entropy = -(p * p.log()).sum(-1).mean(1)  # (B, N) mean log width in frames
+        return (self.log_width_scale * (entropy - math.log(frame_rate)))[..., None].to(attention.dtype)

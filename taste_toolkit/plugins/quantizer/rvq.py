@@ -64,6 +64,15 @@ class ResidualVQQuantizer(Quantizer):
     sync_codebook : bool
         All-reduce k-means and EMA statistics when ``torch.distributed`` is
         initialised with more than one process.
+    standardize : bool
+        Quantize per-dimension standardized vectors (mean and std measured by
+        :meth:`init_codebooks`, kept as buffers; outputs are mapped back to the
+        input scale). Whisper's hidden states have a few dimensions of very large
+        variance; Euclidean k-means would spend the codes on them. Off = the paper.
+    standardize_dims : int
+        Standardize only the first N dimensions (0 = all), e.g. the value tap,
+        leaving features appended on purpose at a chosen scale (the aggregator's
+        log attention width) as they are.
 
     Example
     -------
@@ -86,6 +95,8 @@ class ResidualVQQuantizer(Quantizer):
         threshold_ema_dead_code: float = 2.0,
         quantize_dropout: bool = True,
         sync_codebook: bool = True,
+        standardize: bool = False,
+        standardize_dims: int = 0,
     ):
         super().__init__()
         from vector_quantize_pytorch import ResidualVQ
@@ -129,6 +140,13 @@ class ResidualVQQuantizer(Quantizer):
             sync_codebook=False,
         )
         self._warned_uninitialised = False
+        if not 0 <= standardize_dims <= input_dim:
+            raise ConfigError(f"rvq standardize_dims must be in [0, input_dim={input_dim}], got {standardize_dims}.")
+        self.standardize = bool(standardize)
+        self.standardize_dims = int(standardize_dims) or input_dim
+        if self.standardize:  # identity until init_codebooks measures the data (saved with the weights)
+            self.register_buffer("input_mean", torch.zeros(input_dim))
+            self.register_buffer("input_std", torch.ones(input_dim))
 
     # ------------------------------------------------------------------ properties
 
@@ -155,6 +173,13 @@ class ResidualVQQuantizer(Quantizer):
         return all(bool(layer._codebook.initted) for layer in self.rvq.layers)
 
     # ------------------------------------------------------------------ helpers
+
+    def _to_code_space(self, x):
+        """Standardize ``(..., D)`` inputs (identity unless ``standardize``)."""
+        return (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype) if self.standardize else x
+
+    def _from_code_space(self, x):
+        return x * self.input_std.to(x.dtype) + self.input_mean.to(x.dtype) if self.standardize else x
 
     def _configure_sync(self):
         """Point the codebooks' reduce/sample functions at torch.distributed or not.
@@ -276,13 +301,14 @@ class ResidualVQQuantizer(Quantizer):
             return QuantizerOutput(quantized, codes, x.new_zeros(()), metrics)
         if self.training:
             self._configure_sync()
-        flat = x[mask].unsqueeze(0)  # (1, N, D): padding never reaches the library
+        flat = self._to_code_space(x[mask].unsqueeze(0))  # (1, N, D): padding never reaches the library
         if not self.training and not self.initialised:
             codes = self._uninitialised(x, mask)
             quantized = self.decode(codes)
             loss = self.commitment_weight * self._eval_commitment(flat, codes[mask].unsqueeze(0))
             return QuantizerOutput(quantized, codes, loss, self._metrics(codes[mask]))
         q, idx, layer_losses = self.rvq(flat)
+        q = self._from_code_space(q)
         if self.training:
             # The library already multiplied each layer's MSE by commitment_weight.
             loss = layer_losses.sum()
@@ -292,6 +318,72 @@ class ResidualVQQuantizer(Quantizer):
         quantized[mask] = q[0]
         codes[mask] = idx[0]
         return QuantizerOutput(quantized, codes, loss, self._metrics(idx[0]))
+
+    @torch.no_grad()
+    def init_codebooks(self, vectors, iters=30, seed=0):
+        """Initialize every codebook by k-means on many vectors, residual by residual.
+
+        The library's own k-means init runs on the first training batch alone: a
+        batch of ~150 word vectors for 256 codes starts the codebooks with
+        duplicated codes, which the EMA then never separates. Called before
+        training with the aggregator outputs of a pass over the training set (or
+        several batches), each layer is fitted on the residuals the previous
+        layers leave, so the codebooks start distinct and spread over the data.
+
+        Arguments
+        ---------
+        vectors : torch.Tensor
+            ``(N, D)`` aggregator outputs (valid positions only), ``N >= codebook_size``.
+        iters : int
+            Lloyd iterations per layer.
+        seed : int
+            Seed of the k-means++ draws (deterministic).
+
+        Returns
+        -------
+        dict
+            ``{"vectors": N, "perplexity_l{r}": ...}``: how evenly the fitted
+            codes split the given vectors, per layer.
+
+        Raises
+        ------
+        InputError
+            Wrong shape, non-finite values, or fewer vectors than codes.
+        """
+        from taste_toolkit.kmeans import assign, kmeans
+
+        if vectors.dim() != 2 or vectors.shape[-1] != self.input_dim:
+            raise InputError(f"init_codebooks expects (N, {self.input_dim}) vectors, got {tuple(vectors.shape)}.")
+        if vectors.shape[0] < self.codebook_size:
+            raise InputError(
+                f"init_codebooks got {vectors.shape[0]} vectors for codebooks of {self.codebook_size}: "
+                "collect more batches (rvq_init_batches) so that every code starts on a distinct vector."
+            )
+        device = self.codebooks.device
+        vectors = vectors.to(device).float()
+        if self.standardize:
+            k = self.standardize_dims
+            self.input_mean.zero_()
+            self.input_std.fill_(1.0)
+            self.input_mean[:k] = vectors[:, :k].mean(0)
+            self.input_std[:k] = vectors[:, :k].std(0).clamp(min=1e-5)
+        residual = self.rvq.project_in(self._to_code_space(vectors))
+        report = {"vectors": int(vectors.shape[0])}
+        for r, layer in enumerate(self.rvq.layers):
+            book = layer._codebook
+            centroids = kmeans(residual, self.codebook_size, iters=iters, seed=seed + r)
+            labels = assign(residual, centroids)
+            counts = torch.bincount(labels, minlength=self.codebook_size).to(centroids)
+            book.embed.data.copy_(centroids.view_as(book.embed))
+            # EMA statistics as the library's own init leaves them: sum = mean * count.
+            book.embed_avg.data.copy_((centroids * counts[:, None]).view_as(book.embed_avg))
+            book.cluster_size.data.copy_(counts.view_as(book.cluster_size))
+            book.initted.data.copy_(torch.ones_like(book.initted))
+            prob = counts / counts.sum()
+            prob = prob[prob > 0]
+            report[f"perplexity_l{r}"] = round(float(torch.exp(-(prob * prob.log()).sum())), 2)
+            residual = residual - centroids[labels]
+        return report
 
     @torch.no_grad()
     def encode(self, x, lengths):
@@ -309,7 +401,7 @@ class ResidualVQQuantizer(Quantizer):
         was_training = self.rvq.training
         self.rvq.eval()
         try:
-            _, idx, _ = self.rvq(x[mask].unsqueeze(0))
+            _, idx, _ = self.rvq(self._to_code_space(x[mask].unsqueeze(0)))
         finally:
             self.rvq.train(was_training)
         codes[mask] = idx[0]
@@ -348,5 +440,5 @@ class ResidualVQQuantizer(Quantizer):
         summed = torch.zeros_like(layer_codes[0])
         for r in range(self.num_quantizers):  # same order as the forward's residual loop
             summed = summed + layer_codes[r]
-        out[present] = project_out(summed)[0].to(dtype)
+        out[present] = self._from_code_space(project_out(summed)[0]).to(dtype)
         return out
