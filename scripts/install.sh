@@ -11,6 +11,8 @@ if command -v apt-get >/dev/null 2>&1 && ! (command -v espeak-ng >/dev/null && l
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq espeak-ng libespeak-ng1 sox libsox-fmt-all >/dev/null
 fi
 
+# The tested torch pair (environment.md); pinned here and in CI, not in install_requires.
+python -m pip install -q "torch==2.14.1" "torchaudio==2.11.0"
 python -m pip install -q -e ".[test]"
 # resemblyzer (offline d-vector speaker model) needs pkg_resources from setuptools < 81.
 python -m pip install -q resemblyzer "setuptools<81"

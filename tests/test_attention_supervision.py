@@ -202,3 +202,25 @@ def test_rvq_standardize_measures_the_data_and_round_trips_to_the_input_scale():
     assert err(q) < 0.8 * err(plain)
     with pytest.raises(ConfigError, match="standardize_dims"):
         build("quantizer", "rvq", {**opts, "standardize_dims": 9}, input_dim=8)
+
+
+def test_rvq_commitment_to_input_false_stops_only_the_commitment_gradient():
+    """The commitment loss no longer pulls the input; the decoder's gradient still passes straight through."""
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(300, 6, generator=g)
+    for to_input in (True, False):
+        torch.manual_seed(0)
+        q = build("quantizer", "rvq", {"num_quantizers": 2, "codebook_size": 8, "codebook_dim": 6,
+                                        "quantize_dropout": False, "commitment_to_input": to_input}, input_dim=6)
+        q.init_codebooks(data)
+        q.train()
+        x = data[None, :40].clone().requires_grad_(True)
+        out = q(x, torch.tensor([40]))
+        grad_commit = torch.autograd.grad(out.loss, x, retain_graph=True, allow_unused=True)[0]
+        (grad_ste,) = torch.autograd.grad(out.quantized.sum(), x)
+        assert float(grad_ste.abs().min()) > 0  # the decoder's gradient passes either way
+        if to_input:
+            assert float(grad_commit.abs().sum()) > 0
+        else:
+            assert grad_commit is None or float(grad_commit.abs().sum()) == 0.0
+            assert torch.equal(grad_ste, torch.ones_like(grad_ste))  # identity straight-through

@@ -238,7 +238,8 @@ class TokenizerSystem(System):
         out = decoded.waveforms[0].numpy().astype(np.float32)
         extras = {"speech_tokens": int(tokens.num_speech_tokens), "bits_per_token": self.bits,
                   "units": int(units.numel()),
-                  "hit_max_len": int(units.numel() >= math.floor(float(d["max_len_ratio"]) * tokens.text_ids.numel()))}
+                  "hit_max_len": int(decoded.capped[0]) if decoded.capped is not None else
+                  int(units.numel() >= math.floor(float(d["max_len_ratio"]) * tokens.text_ids.numel()))}
         if decoded.word_spans is not None:  # decoders that walk the words: their own word timing
             extras["word_spans"] = [[round(a, 4), round(b, 4)] for a, b in decoded.word_spans[0]]
         if tokens.codes is not None:

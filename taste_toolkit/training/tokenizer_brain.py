@@ -178,7 +178,7 @@ class TasteTokenizerBrain(sb.Brain):
             if stage != sb.Stage.TRAIN and out.quantizer.codes is not None:
                 self._count_codes(out.quantizer.codes)
         if out.attention_loss is not None:
-            self._counts["attention_loss"] = self._counts.get("attention_loss", 0.0) + float(out.attention_loss)
+            self._counts["attention_loss"] = self._counts.get("attention_loss", 0.0) + float(out.attention_loss.detach())
             self._counts["attention_batches"] = self._counts.get("attention_batches", 0) + 1
         return out.loss
 

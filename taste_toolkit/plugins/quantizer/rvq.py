@@ -73,6 +73,13 @@ class ResidualVQQuantizer(Quantizer):
         Standardize only the first N dimensions (0 = all), e.g. the value tap,
         leaving features appended on purpose at a chosen scale (the aggregator's
         log attention width) as they are.
+    commitment_to_input : bool
+        Let the commitment loss's gradient reach the module that made the vectors
+        (the aggregator), as in the paper (True). False stops it at the quantizer's
+        input: the aggregator then moves only for the decoder (straight-through) and
+        its own losses. The cheapest way to lower the commitment loss is to make
+        every word vector alike, which is how the codebooks collapse over training
+        on the embedded corpus (RESULTS.md, session 6).
 
     Example
     -------
@@ -97,6 +104,7 @@ class ResidualVQQuantizer(Quantizer):
         sync_codebook: bool = True,
         standardize: bool = False,
         standardize_dims: int = 0,
+        commitment_to_input: bool = True,
     ):
         super().__init__()
         from vector_quantize_pytorch import ResidualVQ
@@ -143,6 +151,7 @@ class ResidualVQQuantizer(Quantizer):
         if not 0 <= standardize_dims <= input_dim:
             raise ConfigError(f"rvq standardize_dims must be in [0, input_dim={input_dim}], got {standardize_dims}.")
         self.standardize = bool(standardize)
+        self.commitment_to_input = bool(commitment_to_input)
         self.standardize_dims = int(standardize_dims) or input_dim
         if self.standardize:  # identity until init_codebooks measures the data (saved with the weights)
             self.register_buffer("input_mean", torch.zeros(input_dim))
@@ -307,7 +316,13 @@ class ResidualVQQuantizer(Quantizer):
             quantized = self.decode(codes)
             loss = self.commitment_weight * self._eval_commitment(flat, codes[mask].unsqueeze(0))
             return QuantizerOutput(quantized, codes, loss, self._metrics(codes[mask]))
-        q, idx, layer_losses = self.rvq(flat)
+        if self.training and not self.commitment_to_input:
+            # The library sees a detached copy (its commitment and projections train as usual);
+            # the decoder's gradient still reaches the input, straight through.
+            q, idx, layer_losses = self.rvq(flat.detach())
+            q = q + (flat - flat.detach())
+        else:
+            q, idx, layer_losses = self.rvq(flat)
         q = self._from_code_space(q)
         if self.training:
             # The library already multiplied each layer's MSE by commitment_weight.
