@@ -2,10 +2,10 @@
 """Markdown tables of RESULTS.md from the small JSON results kept next to it.
 
 Each reported run keeps its ``test_results.json`` (a few KB) under
-``recipes/librispeech/results/<session>/<run>.json``; the tables in RESULTS.md are
+``recipes/librispeech/measured/<session>/<run>.json``; the tables in RESULTS.md are
 printed by this script, so a rerun can be diffed against them::
 
-    python recipes/librispeech/results_table.py recipes/librispeech/results/session6
+    python recipes/librispeech/results_table.py recipes/librispeech/measured/session6
     python recipes/librispeech/results_table.py results/taste/1986/test_results.json   # any run
 
 Columns are the keys named by ``--keys`` (default: the tokenizer measurements of
