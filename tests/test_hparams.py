@@ -27,6 +27,7 @@ EXPECTED = {
     "text_only_word_pointer.yaml": ("NoAggregator", "IdentityQuantizer", None),
     "oracle_spans.yaml": ("OracleSpansAggregator", "IdentityQuantizer", "word"),
     "aligned_spans.yaml": ("AlignedSpansAggregator", "ResidualVQQuantizer", "word"),
+    "paper_unsupervised.yaml": ("CrossAttentionAggregator", "ResidualVQQuantizer", "word"),
 }
 
 

@@ -90,7 +90,7 @@ def word_features(tok, row):
     n_words = len(row["words"])
     out = {}
     tokens = tok.encode(wav, sr, text, return_embeddings=True, return_alignment=True)
-    if tokens.embeddings is not None:
+    if tokens.embeddings is not None and tokens.level in ("word", "token"):  # frame-level tokens are not per word
         emb = tokens.embeddings.float()
         if tokens.level == "word":
             words = emb

@@ -66,7 +66,7 @@ class LmsptBrain(TasteTokenizerBrain):
         super().on_stage_start(stage, epoch)
         self._example = None
 
-    def stage_stats(self, stage_loss):
+    def stage_stats(self, stage_loss, stage=None):
         c = self._counts
         stats = {"loss": round(float(stage_loss), 4)}
         for k in ("recon", "distill", "commit_semantic", "commit_acoustic"):

@@ -40,7 +40,7 @@ class TaslmBrain(sb.Brain):
     def on_stage_start(self, stage, epoch=None):
         self._counts = {}
 
-    def stage_stats(self, stage_loss):
+    def stage_stats(self, stage_loss, stage=None):
         c = self._counts
         stats = {"loss": round(float(stage_loss), 4)}
         if c.get("text_count"):
