@@ -14,7 +14,7 @@ def planned_vocab_size(text_tokenizer):
     before training) reports the size it was asked for, which is an upper bound.
     """
     planned = getattr(text_tokenizer, "vocab_size_target", None)
-    if planned is not None and getattr(text_tokenizer, "needs_fit", False):
+    if planned is not None and text_tokenizer.needs_fit:
         try:
             return max(text_tokenizer.vocab_size, planned)
         except Exception:  # not fitted yet: the requested size is an upper bound

@@ -177,9 +177,14 @@ class Encoder(nn.Module, abc.ABC):
 class Aggregator(nn.Module, abc.ABC):
     """Pools encoder frames per text token/word, queried by the text."""
 
-    #: False for aggregators that ignore the audio (text-only ablation): the model
-    #: then skips the encoder entirely.
+    #: False for aggregators that ignore the audio (text-only ablation). Read by
+    #: ``TasteModel`` and ``TokenizerBrain``, which then skip the encoder entirely.
     needs_audio: bool = True
+    #: True for aggregators whose ``forward`` takes ``unit_word_ids`` ``(B, S)``, the
+    #: word of every target unit from the corpus' word times (the ``oracle_spans``
+    #: ceiling). Read by ``TasteModel.tokenize``, ``TokenizerBrain`` and the recipe
+    #: (``recipes/librispeech/train.py``), which then load and pass the word times.
+    needs_unit_word_ids: bool = False
 
     @property
     @abc.abstractmethod
@@ -243,6 +248,15 @@ class Quantizer(nn.Module, abc.ABC):
 
 class UnitDecoder(nn.Module, abc.ABC):
     """Predicts speech units from text and (optionally) aligned speech embeddings."""
+
+    #: True for decoders whose ``forward`` takes the keywords ``word_ids`` ``(B, N)``
+    #: and ``unit_word_ids`` ``(B, S)`` (``word_pointer_transformer``). Read by
+    #: ``TasteModel.forward`` and ``TasteTokenizer``, which then pass them.
+    needs_word_ids: bool = False
+    #: True for decoders trained with the word of every unit, taken from the corpus'
+    #: word times. Read by the recipe (``recipes/librispeech/train.py``), which then
+    #: loads the word times, and by ``evaluation.systems`` (teacher-forced accuracy).
+    needs_unit_word_ids: bool = False
 
     @property
     @abc.abstractmethod
@@ -359,7 +373,21 @@ class Metric(abc.ABC):
     it lazily and release it in :meth:`close`, so only one is in memory at a time.
     """
 
+    #: What the metric reads; the evaluation harness skips it (with a reason) for a
+    #: system that cannot provide one of them.
     needs: frozenset = frozenset()
+
+    def unavailable(self) -> Optional[str]:
+        """``None`` when the metric can run, else why not (the harness reports it)."""
+        return None
+
+    @abc.abstractmethod
+    def score(self, sample) -> Dict:
+        """Per-utterance values ``{field: value}`` of one :class:`~taste_toolkit.metrics.base.Sample`."""
+
+    @abc.abstractmethod
+    def summarize(self, rows: List[Dict]) -> Dict:
+        """Summary columns of one system from its scored rows."""
 
     def close(self):
         """Release models or other large state."""
@@ -373,6 +401,8 @@ class UnitExtractor(nn.Module, abc.ABC):
     """
 
     sample_rate: int = 16000
+    #: True for extractors that must be fitted (:meth:`fit`, k-means) before use.
+    #: Read by ``taste_toolkit.data.unit_cache.prepare_units``, which fits and caches them.
     needs_fit: bool = False
 
     @property
@@ -396,6 +426,8 @@ class UnitExtractor(nn.Module, abc.ABC):
 class TextTokenizer(abc.ABC):
     """Word-preserving text tokenizer (not a module: it has no weights)."""
 
+    #: True for tokenizers trained on the corpus transcripts (:meth:`fit`, sentencepiece).
+    #: Read by the recipe (``fit_text_tokenizer``) and ``hparams_utils.planned_vocab_size``.
     needs_fit: bool = False
 
     @property
@@ -415,17 +447,19 @@ class TextTokenizer(abc.ABC):
         """Train on an iterable of transcripts (tokenizers with ``needs_fit``)."""
 
 
-class Speaker(nn.Module):
+class Speaker(nn.Module, abc.ABC):
     """Utterance-level speaker vector ``(B, D)``; dimension 0 means no speaker."""
 
     sample_rate: int = 16000
 
     @property
+    @abc.abstractmethod
     def embedding_dim(self) -> int:
-        return 0
+        """Size ``D`` of the speaker vector; 0 means no speaker conditioning."""
 
+    @abc.abstractmethod
     def forward(self, wavs, wav_lengths):
-        return None
+        """``(B, S)`` waveforms at ``sample_rate`` -> ``(B, D)`` vectors (``None`` when ``D`` is 0)."""
 
 
 BASES = {

@@ -20,6 +20,13 @@ class ToySpeaker(Speaker):
         super().__init__()
         self.dim, self.scale, self.mode, self.taps = dim, scale, mode, taps
 
+    @property
+    def embedding_dim(self):
+        return self.dim
+
+    def forward(self, wavs, wav_lengths):
+        return wavs.new_zeros(wavs.shape[0], self.dim)
+
 
 class OtherSpeaker(Speaker):
     """Second toy speaker, to collide with the first."""
@@ -27,6 +34,9 @@ class OtherSpeaker(Speaker):
     def __init__(self, dim: int = 2):
         super().__init__()
         self.dim = dim
+
+    embedding_dim = ToySpeaker.embedding_dim
+    forward = ToySpeaker.forward
 
 
 @pytest.fixture(autouse=True)
@@ -216,6 +226,13 @@ PLUGIN_SOURCE = textwrap.dedent(
         def __init__(self, dim: int = 3):
             super().__init__()
             self.dim = dim
+
+        @property
+        def embedding_dim(self):
+            return self.dim
+
+        def forward(self, wavs, wav_lengths):
+            return wavs.new_zeros(wavs.shape[0], self.dim)
     '''
 )
 

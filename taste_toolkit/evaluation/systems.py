@@ -173,7 +173,7 @@ def teacher_forced_counts(tok, tokens, units, words=None):
 
     model = tok.model
     extra = {}
-    if getattr(model.decoder, "needs_unit_word_ids", False):
+    if model.decoder.needs_unit_word_ids:
         if not words:
             return {}
         from taste_toolkit.data.word_alignment import unit_word_ids

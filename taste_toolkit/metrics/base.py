@@ -118,14 +118,6 @@ class UtteranceMetric(Metric):
     precision: Dict[str, int] = {}
     paired_columns: Optional[Dict[str, Tuple[str, Optional[str]]]] = None
 
-    def unavailable(self) -> Optional[str]:
-        """``None`` when the metric can run, else why not (shown in the report)."""
-        return None
-
-    def score(self, sample: Sample) -> Dict:
-        """Per-utterance values ``{field: value}`` (missing fields become NaN)."""
-        raise NotImplementedError
-
     def summarize(self, rows: List[Dict]) -> Dict:
         """Summary of one system from its rows (default: mean of each column key)."""
         return {key: nanmean(r.get(key) for r in rows) for key in self.columns}

@@ -131,7 +131,7 @@ class TasteModel(nn.Module):
         ``unit_word_ids`` reaches only aggregators with ``needs_unit_word_ids`` (the
         ``oracle_spans`` ceiling, which reads the corpus' word times).
         """
-        extra = {"unit_word_ids": unit_word_ids} if getattr(self.aggregator, "needs_unit_word_ids", False) else {}
+        extra = {"unit_word_ids": unit_word_ids} if self.aggregator.needs_unit_word_ids else {}
         agg = self.aggregator(tokens, token_lengths, word_ids, encoder_out, need_weights=need_weights, **extra)
         if agg is None:
             return SpeechTokens(None, None, None, "none"), None, None
@@ -170,7 +170,7 @@ class TasteModel(nn.Module):
         speech, q, agg = self.tokenize(tokens, token_lengths, word_ids, encoder_out, unit_word_ids=unit_word_ids)
         dec_speech, dec_lengths = self.speech_for_decoder(speech, word_ids, token_lengths)
         extra = {}
-        if getattr(self.decoder, "needs_word_ids", False):
+        if self.decoder.needs_word_ids:
             extra = dict(word_ids=word_ids, unit_word_ids=unit_word_ids)
         dec = self.decoder(tokens, token_lengths, dec_speech, dec_lengths, units, unit_lengths, speaker, **extra)
         loss = dec.loss

@@ -148,7 +148,7 @@ class TasteTokenizerBrain(sb.Brain):
         return out, tok_lens, enc_out
 
     def _keep_attention_example(self, batch, tokens, tok_lens, word_ids, enc_out):
-        if getattr(self.modules.model.aggregator, "needs_unit_word_ids", False):
+        if self.modules.model.aggregator.needs_unit_word_ids:
             return  # the oracle_spans ceiling pools known spans: no attention to plot
         with torch.no_grad():
             agg = self.modules.model.aggregator(tokens[:1], tok_lens[:1], word_ids[:1], _first(enc_out), need_weights=True)
@@ -246,7 +246,7 @@ class TasteTokenizerBrain(sb.Brain):
                 units, _ = batch.units
                 tok_lens = relative_to_absolute(tok_rel, tokens.shape[1])
                 extra = {}
-                if getattr(model.aggregator, "needs_unit_word_ids", False):
+                if model.aggregator.needs_unit_word_ids:
                     extra["unit_word_ids"] = batch.unit_word_ids.data
                 agg = model.aggregator(tokens, tok_lens, word_ids, self._encoder_out(batch), **extra)
                 if agg is None:

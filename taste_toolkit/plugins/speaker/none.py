@@ -10,3 +10,11 @@ class NoSpeaker(Speaker):
 
     def __init__(self):
         super().__init__()
+
+    @property
+    def embedding_dim(self) -> int:
+        return 0
+
+    def forward(self, wavs, wav_lengths):
+        """No vector: the decoder gets no speaker prefix."""
+        return None
