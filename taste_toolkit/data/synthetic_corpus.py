@@ -94,6 +94,51 @@ VOCABULARY = sorted(set(
 ))
 _MIN_WORDS, _MAX_WORDS = 4, 16
 
+#: Utterance-length mixes the generator can draw (``durations`` option).
+#: ``embedded``: one grammar sentence per utterance (4-16 words, ~2-8 s), the default.
+#: ``librispeech-train-clean-100``: a target length per utterance drawn from
+#: :func:`librispeech_durations`, filled with grammar sentences up to that many seconds
+#: of speech at the speaker's rate (then cut at a word), so batching can be studied on
+#: the length mix of a real training set.
+DURATION_DISTRIBUTIONS = ("embedded", "librispeech-train-clean-100")
+#: Mixture approximating LibriSpeech train-clean-100 utterance durations (s). Sources:
+#: 100.6 h in 28,539 utterances (Panayotov et al., "LibriSpeech: an ASR corpus based on
+#: public domain audio books", ICASSP 2015, table 1, and the corpus' utterance count)
+#: give a mean of 12.69 s; the corpus' utterances span ~1.3-24.5 s with most between
+#: 10 and 16 s (segments were cut at pauses to at most 35 s, which clean-100 never
+#: approaches). Approximation: 80% a normal(14.2, 1.9) body, 20% a uniform(1.3, 12.0)
+#: short tail, truncated to [1.3, 24.5]: mean 12.7 s, median 13.6 s, ~69% in 10-16 s,
+#: 5th/95th percentiles 4.0/17.1 s (100k draws; the body's tail rarely passes 22 s). The
+#: generator's real durations follow the targets to within a few percent (the
+#: speakers' nominal words per minute hold for espeak-ng); the metadata keeps both.
+LIBRISPEECH_DURATIONS = dict(body_weight=0.8, body_mean=14.2, body_std=1.9, tail_low=1.3, tail_high=12.0,
+                             low=1.3, high=24.5)
+
+
+def librispeech_durations(rng, count):
+    """``count`` utterance durations (s) from the LibriSpeech train-clean-100 approximation.
+
+    Example
+    -------
+    >>> d = librispeech_durations(np.random.default_rng(0), 20000)
+    >>> bool(12.4 < d.mean() < 13.0), bool(d.min() >= 1.3), bool(d.max() <= 24.5)
+    (True, True, True)
+    """
+    p = LIBRISPEECH_DURATIONS
+    body = rng.random(count) < p["body_weight"]
+    out = np.where(body, rng.normal(p["body_mean"], p["body_std"], count),
+                   rng.uniform(p["tail_low"], p["tail_high"], count))
+    return np.clip(out, p["low"], p["high"])
+
+
+def _words_for_duration(rng, seconds, rate_wpm):
+    """Grammar sentences joined until ``seconds`` of speech at ``rate_wpm``, cut at a word (>= 2 words)."""
+    target = max(2, int(round(seconds * rate_wpm / 60.0)))
+    words = []
+    while len(words) < target:
+        words += make_sentence(rng)
+    return words[:target]
+
 
 def _choice(rng, items):
     return items[int(rng.integers(len(items)))]
@@ -231,6 +276,8 @@ def _render(job):
                                   "words", "prosody")}
     record.update(word_start=[round(t, 5) for t in start], word_end=[round(t, 5) for t in end],
                   duration=round(len(audio) / SAMPLE_RATE, 5))
+    if "target_duration" in job:
+        record["target_duration"] = job["target_duration"]
     return record
 
 
@@ -238,13 +285,21 @@ def _plan(root, options):
     """All utterances (text, labels, paths) drawn from one seeded RNG, before any synthesis."""
     rng = np.random.default_rng(options["seed"])
     p = options["prosody_probability"]
+    durations = options.get("durations", "embedded")
+    # A second stream for the target lengths, so the default mix draws exactly as before.
+    length_rng = np.random.default_rng([options["seed"], 1])
     jobs = []
     for split_index, (split, count) in enumerate(options["utterances_per_split"].items()):
         for spk_index in range(options["num_speakers"]):
             voice, _, pitch, rate = SPEAKER_VOICES[spk_index]
             spk, chapter = 1001 + spk_index, 100 * (split_index + 1) + spk_index
             for utt in range(count):
-                words = make_sentence(rng)
+                target = None
+                if durations == "embedded":
+                    words = make_sentence(rng)
+                else:
+                    target = float(librispeech_durations(length_rng, 1)[0])
+                    words = _words_for_duration(rng, target, rate)
                 draw = rng.random(len(words))
                 kinds = rng.integers(len(PROSODY_LABELS), size=len(words))
                 labels = [PROSODY_LABELS[k] if d < p else None for d, k in zip(draw, kinds)]
@@ -254,10 +309,14 @@ def _plan(root, options):
                     root=root, split=split, id=uid, speaker=spk, chapter=chapter, voice=voice,
                     rate=rate, pitch=pitch, words=text.split(), text=text, prosody=labels,
                     audio=f"{split}/{spk}/{chapter}/{uid}.flac"))
+                if target is not None:
+                    jobs[-1]["target_duration"] = round(target, 3)
     return jobs
 
 
-def _check_options(num_speakers, utterances_per_split, prosody_probability, num_workers):
+def _check_options(num_speakers, utterances_per_split, prosody_probability, num_workers, durations="embedded"):
+    if durations not in DURATION_DISTRIBUTIONS:
+        raise ConfigError(f"durations must be one of {DURATION_DISTRIBUTIONS}, got {durations!r}.")
     if not 1 <= num_speakers <= len(SPEAKER_VOICES):
         raise ConfigError(f"num_speakers must be 1..{len(SPEAKER_VOICES)}, got {num_speakers}.")
     if not utterances_per_split:
@@ -286,7 +345,7 @@ def _remove_previous(root):
 
 
 def generate_corpus(root, seed=1234, num_speakers=8, utterances_per_split=None,
-                    num_workers=2, prosody_probability=0.3, progress=True):
+                    num_workers=2, prosody_probability=0.3, progress=True, durations="embedded"):
     """Generate (or reuse) the synthetic corpus under ``root``.
 
     Parameters
@@ -305,6 +364,10 @@ def generate_corpus(root, seed=1234, num_speakers=8, utterances_per_split=None,
         Probability that a word gets one prosody label.
     progress : bool
         Show a tqdm progress bar.
+    durations : str
+        Utterance-length mix (:data:`DURATION_DISTRIBUTIONS`): ``"embedded"`` (one
+        sentence each, ~2-8 s) or ``"librispeech-train-clean-100"`` (lengths drawn
+        from :func:`librispeech_durations`, ~1.3-24.5 s, mean ~12.7 s).
 
     Returns
     -------
@@ -316,11 +379,13 @@ def generate_corpus(root, seed=1234, num_speakers=8, utterances_per_split=None,
 
     if utterances_per_split is None:
         utterances_per_split = {"train": 60, "dev": 5, "test": 5}
-    _check_options(num_speakers, utterances_per_split, prosody_probability, num_workers)
+    _check_options(num_speakers, utterances_per_split, prosody_probability, num_workers, durations)
     root = os.path.abspath(os.fspath(root))
     options = dict(version=CORPUS_VERSION, seed=int(seed), num_speakers=int(num_speakers),
                    utterances_per_split=dict(utterances_per_split),
                    prosody_probability=float(prosody_probability))
+    if durations != "embedded":  # only then, so corpora made before the option stay valid
+        options["durations"] = durations
     done_path = os.path.join(root, DONE_FILE)
     if os.path.exists(done_path):
         with open(done_path, encoding="utf-8") as f:
@@ -392,11 +457,13 @@ def main(argv=None):
     parser.add_argument("--test", type=int, default=5, help="test utterances per speaker")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--prosody-probability", type=float, default=0.3)
+    parser.add_argument("--durations", default="embedded", choices=DURATION_DISTRIBUTIONS,
+                        help="utterance-length mix (default: embedded, one sentence each)")
     args = parser.parse_args(argv)
     summary = generate_corpus(
         args.root, seed=args.seed, num_speakers=args.num_speakers,
         utterances_per_split={"train": args.train, "dev": args.dev, "test": args.test},
-        num_workers=args.workers, prosody_probability=args.prosody_probability)
+        num_workers=args.workers, prosody_probability=args.prosody_probability, durations=args.durations)
     print(json.dumps({k: v for k, v in summary.items() if k != "speakers"}, indent=1))
     return summary
 
