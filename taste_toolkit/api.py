@@ -10,6 +10,10 @@ torch.Size([3, 4])
 A standalone folder is built from plain data through the registry and loaded
 with safetensors (:mod:`taste_toolkit.pretrained.standalone`); it needs neither
 the training recipe nor its YAML.
+
+Validation, padding, folder handling and vocoding are shared with the
+frame-aligned LM-SPT tokenizer through :class:`~taste_toolkit.tokenizer_base.TokenizerBase`;
+this module holds only what follows from the tokens being aligned to the text.
 """
 
 import hashlib
@@ -21,20 +25,22 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from taste_toolkit import __version__
-from taste_toolkit.audio import prepare_waveform
 from taste_toolkit.errors import InputError, MissingResourceError
 from taste_toolkit.models.tokenizer import SpeechTokens, TasteModel
-from taste_toolkit.pretrained.standalone import load_components, save_components
+from taste_toolkit.tokenizer_base import MAX_SECONDS, DecodedAudio, TokenizerBase, describe, pad_rows
 from taste_toolkit.tokens import TasteTokens, check_token_fields
 
 logger = logging.getLogger(__name__)
 
-MAX_SECONDS = 30.0  # the Whisper window; longer audio is refused, never cut
+__all__ = ["DecodedSpeech", "MAX_SECONDS", "TasteTokenizer", "check_generate_options"]
+
+# Older names, kept for code that imported them from here.
+_pad = pad_rows
+_describe = describe
 
 
 @dataclass
-class DecodedSpeech:
+class DecodedSpeech(DecodedAudio):
     """Output of :meth:`TasteTokenizer.decode`: one entry per utterance.
 
     ``word_spans`` (decoders that walk the words, e.g. ``word_pointer_transformer``;
@@ -54,24 +60,8 @@ class DecodedSpeech:
     capped: Optional[List[bool]] = None
 
 
-def _pad(rows, value=0, dtype=None):
-    """Right-pad a list of ``(L, ...)`` tensors into ``(B, L_max, ...)`` + lengths."""
-    lengths = torch.tensor([r.shape[0] for r in rows], dtype=torch.long)
-    shape = (len(rows), int(lengths.max()) if len(rows) else 0) + tuple(rows[0].shape[1:])
-    out = torch.full(shape, value, dtype=dtype or rows[0].dtype)
-    for i, r in enumerate(rows):
-        out[i, : r.shape[0]] = r
-    return out, lengths
-
-
-def _describe(value):
-    return f"{type(value).__name__} {value!r}"[:80]
-
-
 def check_generate_options(generate, options):
     """Raise InputError for options the decoder's ``generate`` does not take, or non-finite / negative numbers."""
-    import inspect
-
     params = inspect.signature(generate).parameters
     takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
     accepted = [n for n, p in params.items() if p.default is not inspect.Parameter.empty and n != "speaker"]
@@ -87,7 +77,7 @@ def check_generate_options(generate, options):
                 raise InputError(f"top_k must be a whole number (0 = greedy), got {value!r}.")
 
 
-class TasteTokenizer:
+class TasteTokenizer(TokenizerBase):
     """Encoder + aggregator + quantizer + unit decoder (+ text tokenizer, units, speaker, vocoder).
 
     Arguments
@@ -106,18 +96,19 @@ class TasteTokenizer:
 
     #: Tokens follow the transcript, one per word/text token ("frame" for LM-SPT's fixed-rate tokens).
     alignment = "text"
+    tokenizer_type = "taste"
+    display_name = "TASTE"
+    required_components = ("aggregator", "quantizer", "decoder", "text_tokenizer")
+    vocoder_hint = "e.g. griffin_lim"
 
     def __init__(self, model, text_tokenizer, units=None, speaker=None, vocoder=None, device="cpu"):
-        self.model = model.to(device).eval()
         self.text_tokenizer = text_tokenizer
         self.units = units
         self.speaker = speaker.to(device).eval() if speaker is not None else None
-        self.vocoder = vocoder.to(device).eval() if vocoder is not None else None
+        super().__init__(model, vocoder, device)
         check_units = getattr(self.vocoder, "check_units", None)
         if check_units is not None and units is not None:
             check_units(units)  # a vocoder trained for other units (count or fingerprint) is refused
-        self.device = torch.device(device)
-        self.fingerprint = self._fingerprint()
 
     # ------------------------------------------------------------ identity
     def _components(self):
@@ -140,10 +131,7 @@ class TasteTokenizer:
             obj = self._components()[role]
             spec = getattr(obj, "build_spec", None)
             h.update(repr((role, spec and spec["kind"], spec and spec["name"])).encode())
-        if self.model.quantizer is not None:
-            for key, value in sorted(self.model.quantizer.state_dict().items()):
-                h.update(key.encode())
-                h.update(value.detach().cpu().contiguous().numpy().tobytes())
+        self._hash_weights(h, [self.model.quantizer])
         h.update(str(self.text_tokenizer.vocab_size).encode())
         return h.hexdigest()[:16]
 
@@ -160,38 +148,19 @@ class TasteTokenizer:
             return "word"
         return "frame" if getattr(agg, "needs_audio", False) and not hasattr(agg, "word_pooling") else "token"
 
-    def info(self):
-        """Plain-data summary: plugins, code geometry, parameter counts."""
-        comps = self._components()
-        params = {
-            role: sum(p.numel() for p in obj.parameters())
-            for role, obj in comps.items()
-            if isinstance(obj, torch.nn.Module)
-        }
+    def _info(self):
+        """Code geometry for :meth:`info` (zeros for models without codes)."""
         q = self.model.quantizer
-        out = {
-            "alignment": self.alignment,
-            "plugins": {r: getattr(o, "build_spec", {}).get("name", type(o).__name__) for r, o in comps.items() if o is not None},
-            "parameters": params,
-            "fingerprint": self.fingerprint,
+        return {
             "speech_token_level": self._level(),
             "num_quantizers": getattr(q, "num_quantizers", 0) if self.has_codes else 0,
             "codebook_size": getattr(q, "codebook_size", 0) if self.has_codes else 0,
             "bits_per_speech_token": float(getattr(q, "bits_per_vector", 0.0)) if self.has_codes else 0.0,
-            "vocoder_sample_rate": self.vocoder.sample_rate if self.vocoder is not None else None,
-            "toolkit_version": __version__,
         }
-        return out
 
     # ------------------------------------------------------------ save / load
-    def save_pretrained(self, folder):
-        """Write a standalone folder (JSON config + safetensors + tokenizer files)."""
-        save_components(folder, self._components(), metadata={
-            "quantizer_weight": float(self.model.quantizer_weight),
-            "fingerprint": self.fingerprint,
-            "toolkit_version": __version__,
-        })
-        return folder
+    def _metadata(self):
+        return {"quantizer_weight": float(self.model.quantizer_weight)}
 
     @classmethod
     def from_pretrained(cls, folder, device="cpu", allow_code=False, allow_external=False):
@@ -212,20 +181,15 @@ class TasteTokenizer:
             default; the folder's own ``"./..."`` files and ``builtin:`` sources are
             always allowed.
         """
-        comps, config = load_components(folder, device=device, allow_code=allow_code,
-                                        allow_external=allow_external)
-        for role in ("aggregator", "quantizer", "decoder", "text_tokenizer"):
-            if comps.get(role) is None:
-                raise MissingResourceError(f"Checkpoint {folder!r} has no {role!r} component; re-export it.")
+        return cls._load_pretrained(folder, device, allow_code=allow_code, allow_external=allow_external)
+
+    @classmethod
+    def _from_components(cls, comps, metadata, device):
         model = TasteModel(comps.get("encoder"), comps["aggregator"], comps["quantizer"], comps["decoder"],
                            text_tokenizer=comps["text_tokenizer"], speaker=comps.get("speaker"),
-                           quantizer_weight=config["metadata"].get("quantizer_weight", 1.0))
-        tok = cls(model, comps["text_tokenizer"], comps.get("units"), comps.get("speaker"), comps.get("vocoder"), device)
-        saved = config["metadata"].get("fingerprint")
-        if saved and saved != tok.fingerprint:
-            raise InputError(f"Checkpoint {folder!r} is inconsistent: fingerprint {saved} in the config, "
-                             f"{tok.fingerprint} from its weights. Re-export it.")
-        return tok
+                           quantizer_weight=metadata.get("quantizer_weight", 1.0))
+        return cls(model, comps["text_tokenizer"], comps.get("units"), comps.get("speaker"), comps.get("vocoder"),
+                   device)
 
     # ------------------------------------------------------------ encode
     def _tokenize_text(self, text):
@@ -264,35 +228,25 @@ class TasteTokenizer:
             Bad audio (empty, NaN/inf, unsupported shape or rate, longer than 30 s)
             or text (empty, not a string), or mismatched list lengths.
         """
+        return self._encode(audio, sample_rate, text, batch_size, return_embeddings=return_embeddings,
+                            return_alignment=return_alignment)
+
+    def _split_inputs(self, audio, text):
+        """The transcript decides: a string = one utterance, a list of strings = a batch."""
         single = isinstance(text, str)
         if not single and not (isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text)):
-            raise InputError(f"text must be a string or a list of strings, got {_describe(text)}.")
+            raise InputError(f"text must be a string or a list of strings, got {describe(text)}.")
         if not single and not isinstance(audio, (list, tuple)):
-            raise InputError(f"With a list of transcripts, audio must be a list of waveforms, got {_describe(audio)}.")
-        audios, texts = ([audio], [text]) if single else (list(audio), list(text))
-        if len(audios) != len(texts):
-            raise InputError(f"Got {len(audios)} audio inputs but {len(texts)} transcripts.")
-        rates = sample_rate if isinstance(sample_rate, (list, tuple)) else [sample_rate] * len(audios)
-        if len(rates) != len(audios):
-            raise InputError(f"Got {len(rates)} sample rates for {len(audios)} audio inputs.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
-        out = []
-        for s in range(0, len(texts), batch_size):
-            out += self._encode_batch(audios[s:s + batch_size], rates[s:s + batch_size], texts[s:s + batch_size],
-                                      return_embeddings, return_alignment)
-        return out[0] if single else out
+            raise InputError(f"With a list of transcripts, audio must be a list of waveforms, got {describe(audio)}.")
+        return (True, [audio], [text]) if single else (False, list(audio), list(text))
 
-    def _encode_batch(self, audios, rates, texts, return_embeddings, return_alignment):
-        target_sr = self.model.encoder.sample_rate if self.model.encoder is not None else 16000
+    def _encode_batch(self, audios, rates, texts, return_embeddings=False, return_alignment=False):
+        target_sr = self.input_sample_rate
         texts_tok = [self._tokenize_text(t) for t in texts]  # cheap checks first
-        wavs = [prepare_waveform(a, r, target_sr=target_sr, max_seconds=MAX_SECONDS).to(self.device)
-                for a, r in zip(audios, rates)]
-        tokens, token_lengths = _pad([torch.tensor(t.ids, dtype=torch.long) for t in texts_tok])
-        word_ids, _ = _pad([torch.tensor(t.word_ids, dtype=torch.long) for t in texts_tok])
+        wavs, wav, wav_lengths = self._waveforms(audios, rates)
+        tokens, token_lengths = pad_rows([torch.tensor(t.ids, dtype=torch.long) for t in texts_tok])
+        word_ids, _ = pad_rows([torch.tensor(t.word_ids, dtype=torch.long) for t in texts_tok])
         tokens, word_ids, token_lengths = tokens.to(self.device), word_ids.to(self.device), token_lengths.to(self.device)
-        wav, wav_lengths = _pad(wavs, 0.0)
-        wav, wav_lengths = wav.to(self.device), wav_lengths.to(self.device)
         enc = self.model.encode_audio(wav, wav_lengths)
         speech, _, agg = self.model.tokenize(tokens, token_lengths, word_ids, enc, need_weights=return_alignment)
         spk = None
@@ -322,15 +276,10 @@ class TasteTokenizer:
         return results
 
     # ------------------------------------------------------------ decode
-    def _check_tokens(self, tokens):
-        if not isinstance(tokens, TasteTokens):
-            raise InputError(f"Expected TasteTokens, got {type(tokens).__name__}.")
+    def _check_token_fields(self, tokens):
         check_token_fields(tokens, self.text_tokenizer.vocab_size)
-        if tokens.fingerprint and tokens.fingerprint != self.fingerprint:
-            raise InputError(
-                f"These tokens were made by another model or config (fingerprint {tokens.fingerprint}, "
-                f"this model {self.fingerprint}); re-tokenize the audio with this model."
-            )
+
+    def _check_token_codes(self, tokens):
         if self.has_codes and tokens.codes is None:
             raise InputError("This model decodes RVQ codes but the tokens have none (made by a model without a quantizer?).")
 
@@ -364,21 +313,15 @@ class TasteTokenizer:
         if "return_word_starts" in generate_options:
             raise InputError("return_word_starts is not a decoding option: decode() returns word_spans "
                              "for decoders that walk the words.")
-        if not isinstance(tokens, (TasteTokens, list, tuple)):
-            raise InputError(f"Expected TasteTokens or a list of them, got {_describe(tokens)}.")
-        batch = [tokens] if isinstance(tokens, TasteTokens) else list(tokens)
-        if not batch:
-            raise InputError("Nothing to decode: got an empty list of tokens.")
+        batch = self._token_batch(tokens)
         check_generate_options(self.model.decoder.generate, generate_options)
-        for t in batch:
-            self._check_tokens(t)
-        text, text_lengths = _pad([t.text_ids for t in batch])
-        word_ids, _ = _pad([t.word_ids for t in batch])
+        text, text_lengths = pad_rows([t.text_ids for t in batch])
+        word_ids, _ = pad_rows([t.word_ids for t in batch])
         text, text_lengths, word_ids = text.to(self.device), text_lengths.to(self.device), word_ids.to(self.device)
         rows = [self._speech_rows(t) for t in batch]
         speech_in = None
         if rows[0] is not None:
-            emb, lengths = _pad(rows, 0.0)
+            emb, lengths = pad_rows(rows, 0.0)
             level = batch[0].level
             if any(t.level != level for t in batch):
                 raise InputError("All tokens of a batch must have the same level.")
@@ -418,14 +361,11 @@ class TasteTokenizer:
 
     @torch.no_grad()
     def vocode(self, units):
-        """Waveforms ``[(L,)]`` at ``self.vocoder.sample_rate`` from unit sequences."""
-        if self.vocoder is None:
-            raise MissingResourceError("This tokenizer has no vocoder; attach one (e.g. griffin_lim) to get audio.")
-        if not units:
-            return []
-        batch, lengths = _pad([u.long() for u in units], 0)
-        wavs, wav_lengths = self.vocoder(batch.to(self.device), lengths.to(self.device))
-        return [wavs[i, : int(wav_lengths[i])].cpu() for i in range(len(units))]
+        """Waveforms ``[(L,)]`` at ``self.vocoder.sample_rate`` from unit sequences ``[(S,)]``."""
+        return self._vocode(units)
+
+    def _vocoder_input(self, row):
+        return row.long()
 
     def decode(self, tokens, **generate_options):
         """Tokens -> units -> waveforms. ``generate_options`` go to the decoder's ``generate``."""
@@ -433,8 +373,7 @@ class TasteTokenizer:
         if capped and any(capped):
             logger.warning("%d of %d decodes reached the length cap (max_len_ratio) without end-of-speech; "
                            "DecodedSpeech.capped marks them.", sum(capped), len(capped))
-        wavs = self.vocode(units) if self.vocoder is not None else None
-        rate = self.vocoder.sample_rate if self.vocoder is not None else None
+        wavs, rate = self._audio(units)
         spans = None
         if starts is not None and (wavs is not None or self.units is not None):
             spans = []
@@ -447,8 +386,7 @@ class TasteTokenizer:
 
     def reconstruct(self, audio, sample_rate, text, **generate_options):
         """``decode(encode(audio, text))``."""
-        tokens = self.encode(audio, sample_rate, text)
-        return self.decode(tokens, **generate_options)
+        return super().reconstruct(audio, sample_rate, text, **generate_options)
 
     # ------------------------------------------------------------ edit
     def edit(self, tokens_a, tokens_b, words):

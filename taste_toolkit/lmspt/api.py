@@ -16,6 +16,10 @@ The folder format is the toolkit's standalone format (``taste_config.json`` +
 ``model.safetensors``; nothing executable); ``metadata.tokenizer == "lmspt"`` and
 ``metadata.alignment == "frame"`` tell loaders which class reads it
 (:func:`load_tokenizer`).
+
+Validation, padding, folder handling and vocoding are shared with the
+text-aligned TASTE tokenizer through :class:`~taste_toolkit.tokenizer_base.TokenizerBase`;
+this module holds only what follows from the tokens being frame-aligned.
 """
 
 import hashlib
@@ -26,23 +30,22 @@ from typing import List, Optional
 
 import torch
 
-from taste_toolkit import __version__
-from taste_toolkit.api import _pad
-from taste_toolkit.audio import prepare_waveform
-from taste_toolkit.errors import InputError, MissingResourceError
+from taste_toolkit.errors import InputError
 from taste_toolkit.models.lmspt import LmsptModel
-from taste_toolkit.pretrained.standalone import load_components, read_config, save_components
+from taste_toolkit.tokenizer_base import (MAX_SECONDS, DecodedAudio, TokenizerBase, describe, pad_rows,
+                                          tokenizer_type)
 from taste_toolkit.tokens import TasteTokens
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["DecodedFrames", "LmsptTokenizer", "MAX_SECONDS", "TOKENIZER_TYPE", "load_tokenizer"]
+
 TOKENIZER_TYPE = "lmspt"
-MAX_SECONDS = 30.0  # the Whisper window; longer audio is refused, never cut
 REQUIRED = ("encoder", "semantic_downsampler", "semantic_quantizer", "decoder", "aux_decoder")
 
 
 @dataclass
-class DecodedFrames:
+class DecodedFrames(DecodedAudio):
     """Output of :meth:`LmsptTokenizer.decode`: one entry per utterance.
 
     ``features`` are the predicted Whisper log-mels ``(F, n_mels)`` (100 Hz);
@@ -54,7 +57,7 @@ class DecodedFrames:
     sample_rate: Optional[int]
 
 
-class LmsptTokenizer:
+class LmsptTokenizer(TokenizerBase):
     """Frozen Whisper + downsamplers + split RVQ + mel decoders (+ mel vocoder).
 
     Arguments
@@ -67,12 +70,13 @@ class LmsptTokenizer:
     """
 
     alignment = "frame"
+    tokenizer_type = TOKENIZER_TYPE
+    display_name = "LM-SPT"
+    required_components = REQUIRED
+    vocoder_hint = "whisper_mel_griffin_lim"
 
     def __init__(self, model, vocoder=None, device="cpu"):
-        self.model = model.to(device).eval()
-        self.vocoder = vocoder.to(device).eval() if vocoder is not None else None
-        self.device = torch.device(device)
-        self.fingerprint = self._fingerprint()
+        super().__init__(model, vocoder, device)
 
     # ------------------------------------------------------------ identity
     def _components(self):
@@ -95,24 +99,17 @@ class LmsptTokenizer:
         for role in ("semantic_downsampler", "acoustic_downsampler", "semantic_quantizer", "acoustic_quantizer"):
             spec = getattr(comps[role], "build_spec", None) or {}
             h.update(json.dumps([role, spec.get("kind"), spec.get("name"), spec.get("options")], sort_keys=True).encode())
-        for q in self.model.quantizers:
-            for key, value in sorted(q.state_dict().items()):
-                h.update(key.encode())
-                h.update(value.detach().cpu().contiguous().numpy().tobytes())
+        self._hash_weights(h, self.model.quantizers)
         return h.hexdigest()[:16]
 
     @property
     def token_rate(self):
         return float(self.model.token_rate)
 
-    def info(self):
-        """Plain-data summary: alignment kind, token rate, bitrate, plugins, parameter counts."""
-        comps = self._components()
+    def _info(self):
+        """Token rate, code geometry and bitrates for :meth:`info`."""
         m = self.model
-        params = {r: sum(p.numel() for p in o.parameters()) for r, o in comps.items() if isinstance(o, torch.nn.Module)}
         return {
-            "tokenizer": TOKENIZER_TYPE,
-            "alignment": self.alignment,
             "speech_token_level": "frame",
             "token_rate_hz": self.token_rate,
             "num_quantizers": sum(q.num_quantizers for q in m.quantizers),
@@ -121,58 +118,28 @@ class LmsptTokenizer:
             "bits_per_speech_token": m.bits_per_token,
             "bitrate_bps": self.token_rate * m.bits_per_token,
             "semantic_bitrate_bps": self.token_rate * m.semantic_quantizer.bits_per_vector,
-            "plugins": {r: getattr(o, "build_spec", {}).get("name", type(o).__name__) for r, o in comps.items() if o is not None},
-            "parameters": params,
-            "fingerprint": self.fingerprint,
-            "vocoder_sample_rate": self.vocoder.sample_rate if self.vocoder is not None else None,
-            "toolkit_version": __version__,
         }
 
     # ------------------------------------------------------------ save / load
-    def save_pretrained(self, folder):
-        """Write a standalone folder (JSON config + safetensors)."""
+    def _metadata(self):
         m = self.model
-        save_components(folder, self._components(), metadata={
-            "tokenizer": TOKENIZER_TYPE,
-            "alignment": self.alignment,
+        return {
             "token_rate_hz": self.token_rate,
             "semantic_subtraction": bool(m.semantic_subtraction),
             "recon_weight": float(m.recon_weight),
             "distill_weight": float(m.distill_weight),
             "commitment_weight": float(m.commitment_weight),
-            "fingerprint": self.fingerprint,
-            "toolkit_version": __version__,
-        })
-        return folder
+        }
 
     @classmethod
-    def from_pretrained(cls, folder, device="cpu", allow_external=False):
-        """Load a folder written by :meth:`save_pretrained` (no code is run from it).
-
-        ``allow_external=True`` follows component options that name files or models
-        outside the folder (absolute paths, hub ids); they are refused by default.
-        """
-        kind = read_config(folder)["metadata"].get("tokenizer", "taste")
-        if kind != TOKENIZER_TYPE:
-            raise InputError(f"{folder!r} holds a {kind!r} tokenizer, not LM-SPT; load it with "
-                             "taste_toolkit.lmspt.load_tokenizer (or TasteTokenizer.from_pretrained).")
-        comps, config = load_components(folder, device=device, allow_external=allow_external)
-        for role in REQUIRED:
-            if comps.get(role) is None:
-                raise MissingResourceError(f"Checkpoint {folder!r} has no {role!r} component; re-export it.")
-        meta = config["metadata"]
+    def _from_components(cls, comps, meta, device):
         model = LmsptModel(
             comps["encoder"], comps["semantic_downsampler"], comps["semantic_quantizer"], comps["decoder"],
             comps["aux_decoder"], comps.get("acoustic_downsampler"), comps.get("acoustic_quantizer"),
             semantic_subtraction=meta.get("semantic_subtraction", True), recon_weight=meta.get("recon_weight", 1.0),
             distill_weight=meta.get("distill_weight", 1.0), commitment_weight=meta.get("commitment_weight", 1.0),
         )
-        tok = cls(model, comps.get("vocoder"), device)
-        saved = meta.get("fingerprint")
-        if saved and saved != tok.fingerprint:
-            raise InputError(f"Checkpoint {folder!r} is inconsistent: fingerprint {saved} in the config, "
-                             f"{tok.fingerprint} from its weights. Re-export it.")
-        return tok
+        return cls(model, comps.get("vocoder"), device)
 
     # ------------------------------------------------------------ encode
     @torch.no_grad()
@@ -195,33 +162,29 @@ class LmsptTokenizer:
         Returns
         -------
         TasteTokens (``level="frame"``), or a list of them for list inputs.
+
+        Raises
+        ------
+        InputError
+            Bad audio (empty, NaN/inf, unsupported shape or rate, longer than 30 s),
+            transcripts that do not match the audio one to one, or mismatched list lengths.
         """
+        return self._encode(audio, sample_rate, text, batch_size, return_embeddings=return_embeddings)
+
+    def _split_inputs(self, audio, text):
+        """The audio decides: a list = a batch; the optional transcripts must follow it."""
         single = not isinstance(audio, (list, tuple))
         audios = [audio] if single else list(audio)
-        if single != (text is None or isinstance(text, str)) and text is not None:
+        if text is not None and single != isinstance(text, str):
             raise InputError("Give one transcript string (or None) per utterance: a string for one audio, "
                              "a list for a list of audio.")
         texts = [text] if single else ([None] * len(audios) if text is None else list(text))
-        if len(texts) != len(audios):
-            raise InputError(f"Got {len(audios)} audio inputs but {len(texts)} transcripts.")
-        rates = sample_rate if isinstance(sample_rate, (list, tuple)) else [sample_rate] * len(audios)
-        if len(rates) != len(audios):
-            raise InputError(f"Got {len(rates)} sample rates for {len(audios)} audio inputs.")
-        if not audios:
-            raise InputError("Nothing to encode: got an empty list of audio inputs.")
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}.")
-        out = []
-        for s in range(0, len(audios), batch_size):
-            out += self._encode_batch(audios[s:s + batch_size], rates[s:s + batch_size], texts[s:s + batch_size],
-                                      return_embeddings)
-        return out[0] if single else out
+        return single, audios, texts
 
-    def _encode_batch(self, audios, rates, texts, return_embeddings):
-        sr = self.model.encoder.sample_rate
-        wavs = [prepare_waveform(a, r, target_sr=sr, max_seconds=MAX_SECONDS) for a, r in zip(audios, rates)]
-        wav, wav_lengths = _pad(wavs, 0.0)
-        enc = self.model.encode_audio(wav.to(self.device), wav_lengths.to(self.device))
+    def _encode_batch(self, audios, rates, texts, return_embeddings=False):
+        sr = self.input_sample_rate
+        wavs, wav, wav_lengths = self._waveforms(audios, rates)
+        enc = self.model.encode_audio(wav, wav_lengths)
         codes, lengths = self.model.encode(enc)
         emb = self.model.embed(codes)[0] if return_embeddings else None
         empty = torch.zeros(0, dtype=torch.long)
@@ -237,18 +200,18 @@ class LmsptTokenizer:
         return results
 
     # ------------------------------------------------------------ decode
-    def _check_tokens(self, tokens):
-        if not isinstance(tokens, TasteTokens):
-            raise InputError(f"Expected TasteTokens, got {type(tokens).__name__}.")
+    def _check_token_fields(self, tokens):
         if tokens.level != "frame":
             raise InputError(f"LM-SPT decodes frame-level tokens, got level {tokens.level!r} (a TASTE tokenizer's?).")
-        if tokens.fingerprint and tokens.fingerprint != self.fingerprint:
-            raise InputError(f"These tokens were made by another model (fingerprint {tokens.fingerprint}, this model "
-                             f"{self.fingerprint}); re-tokenize the audio with this model.")
+
+    def _check_token_codes(self, tokens):
         codes = tokens.codes
         width = 1 + (self.model.acoustic_quantizer.num_quantizers if self.model.acoustic_quantizer is not None else 0)
-        if codes is None or codes.dim() != 2 or not 1 <= codes.shape[1] <= width or codes.shape[0] == 0:
-            raise InputError(f"codes must be (M>=1, 1..{width}), got {None if codes is None else tuple(codes.shape)}.")
+        if not isinstance(codes, torch.Tensor):
+            raise InputError(f"codes must be an (M>=1, 1..{width}) integer tensor, got {describe(codes)}; "
+                             "use tokens made by this tokenizer's encode.")
+        if codes.dim() != 2 or not 1 <= codes.shape[1] <= width or codes.shape[0] == 0:
+            raise InputError(f"codes must be (M>=1, 1..{width}), got {tuple(codes.shape)}.")
         for q, col in ((self.model.semantic_quantizer, codes[:, :1]), (self.model.acoustic_quantizer, codes[:, 1:])):
             if col.numel() and (col.min() < 0 or col.max() >= q.codebook_size):
                 raise InputError(f"codes must be in [0, {q.codebook_size}) for their stream.")
@@ -266,18 +229,14 @@ class LmsptTokenizer:
             Decode the semantic stream with the small auxiliary decoder (the
             distillation path) instead of the main decoder.
         """
-        batch = [tokens] if isinstance(tokens, TasteTokens) else list(tokens)
-        if not batch:
-            raise InputError("Nothing to decode: got an empty list of tokens.")
-        for t in batch:
-            self._check_tokens(t)
+        batch = self._token_batch(tokens)
         if acoustic_layers is not None and (not isinstance(acoustic_layers, int) or acoustic_layers < 0):
             raise InputError(f"acoustic_layers must be an integer >= 0 (0 = semantic stream only), got {acoustic_layers!r}.")
         keep = 1 + (acoustic_layers if acoustic_layers is not None else 10**6)
         rows = [t.codes[:, :keep] for t in batch]
         if len({r.shape[1] for r in rows}) > 1:
             raise InputError("All tokens of a batch must carry the same number of streams.")
-        codes, lengths = _pad(rows, -1)
+        codes, lengths = pad_rows(rows, -1)
         z, s_z = self.model.embed(codes.to(self.device))
         lengths = lengths.to(self.device)
         u = self.model.decoder.frames_per_token
@@ -291,23 +250,16 @@ class LmsptTokenizer:
     @torch.no_grad()
     def vocode(self, features):
         """Waveforms ``[(L,)]`` at ``self.vocoder.sample_rate`` from log-mels ``[(F, n_mels)]``."""
-        if self.vocoder is None:
-            raise MissingResourceError("This tokenizer has no vocoder; attach one (whisper_mel_griffin_lim).")
-        if not features:
-            return []
-        mels, lengths = _pad([f.float() for f in features], 0.0)
-        wavs, wav_lengths = self.vocoder(mels.to(self.device), lengths.to(self.device))
-        return [wavs[i, : int(wav_lengths[i])].cpu() for i in range(len(features))]
+        return self._vocode(features)
+
+    def _vocoder_input(self, row):
+        return row.float()
 
     def decode(self, tokens, **options):
         """Tokens -> log-mels -> waveforms; ``options`` go to :meth:`decode_features`."""
         features = self.decode_features(tokens, **options)
-        wavs = self.vocode(features) if self.vocoder is not None else None
-        return DecodedFrames(features, wavs, self.vocoder.sample_rate if self.vocoder is not None else None)
-
-    def reconstruct(self, audio, sample_rate, text=None, **options):
-        """``decode(encode(audio))``."""
-        return self.decode(self.encode(audio, sample_rate, text), **options)
+        wavs, rate = self._audio(features)
+        return DecodedFrames(features, wavs, rate)
 
 
 def load_tokenizer(folder, device="cpu", allow_external=False):
@@ -316,7 +268,7 @@ def load_tokenizer(folder, device="cpu", allow_external=False):
     ``allow_external`` is passed to ``from_pretrained`` (see
     :func:`taste_toolkit.pretrained.standalone.load_components`).
     """
-    if read_config(folder)["metadata"].get("tokenizer") == TOKENIZER_TYPE:
+    if tokenizer_type(folder) == TOKENIZER_TYPE:
         return LmsptTokenizer.from_pretrained(folder, device, allow_external=allow_external)
     from taste_toolkit.api import TasteTokenizer
 
