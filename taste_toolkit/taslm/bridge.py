@@ -20,6 +20,11 @@ sections 2 and 8; the official ``delay_level="word"``, ``delay=1``)::
   = the speech input at p+1 when p+1 starts a (pseudo-)word and carries a real
   TASTE token: the model predicts the next speech input, having read all of word
   ``word_pos[p+1] - 1``.
+
+The official release (``end="pad"``, ``first_word_space=False``, ``bos_id`` = its
+``sos_id``) lays an utterance out as ``[sos, tokens of words 0..W-1, d x text pad]``:
+no EOS (the text side ends with ``d`` learned pads, the pseudo-words ``W..W+d-1``),
+and the first word is encoded without its leading space, as its data pipeline does.
 """
 
 from dataclasses import dataclass, fields
@@ -82,15 +87,31 @@ class WordBridge:
         RVQ layers ``R`` of the TASTE tokens.
     delay : int
         Word delay ``d`` of the speech stream (official: 1).
+    end : str
+        ``"eos"``: EOS then ``d - 1`` text pads (toolkit); ``"pad"``: ``d`` text pads and
+        no EOS (the official release, which never feeds or predicts EOS).
+    first_word_space : bool
+        Encode the first word as ``" " + word`` like the others (toolkit) or without
+        the space (False, the official data pipeline).
+    bos_id : int, optional
+        Id of the first input (default: the tokenizer's BOS; the official ``sos_id``).
     """
 
-    def __init__(self, tokenizer, num_quantizers, delay=1):
+    ENDS = ("eos", "pad")
+
+    def __init__(self, tokenizer, num_quantizers, delay=1, end="eos", first_word_space=True, bos_id=None):
         if delay < 0:
             raise ConfigError(f"delay must be >= 0 words, got {delay}.")
+        if end not in self.ENDS:
+            raise ConfigError(f"bridge end must be one of {self.ENDS}, got {end!r}.")
+        if end == "pad" and delay < 1:
+            raise ConfigError("bridge end 'pad' (official layout) needs delay >= 1: the pads carry the last words' "
+                              "TASTE tokens.")
         self.tokenizer = tokenizer
         self.num_quantizers = num_quantizers
         self.delay = delay
-        self.bos_id = tokenizer.bos_token_id
+        self.end, self.first_word_space = end, bool(first_word_space)
+        self.bos_id = tokenizer.bos_token_id if bos_id is None else int(bos_id)
         self.eos_id = tokenizer.eos_token_id
         if self.bos_id is None or self.eos_id is None:
             raise ConfigError("The LLM tokenizer has no BOS or EOS token; TASLM needs both (set bos_token/eos_token).")
@@ -117,29 +138,31 @@ class WordBridge:
         ids = set(getattr(self.tokenizer, "all_special_ids", []) or [])
         return ids | {self.bos_id, self.eos_id, self.pad_id}
 
-    def word_tokens(self, word):
-        """LLM ids of one word (encoded as ``" " + word``), cached."""
-        ids = self._cache.get(word)
+    def word_tokens(self, word, first=False):
+        """LLM ids of one word (encoded as ``" " + word``; without the space when ``first``
+        and not ``first_word_space``), cached."""
+        bare = first and not self.first_word_space
+        ids = self._cache.get((word, bare))
         if ids is None:
             if not word or any(c.isspace() for c in word):
                 raise InputError(f"A word must be non-empty without spaces, got {word!r}.")
-            ids = list(self.tokenizer.encode(" " + word, add_special_tokens=False))
+            ids = list(self.tokenizer.encode(word if bare else " " + word, add_special_tokens=False))
             if not ids:
                 raise InputError(f"The LLM tokenizer gives no token for word {word!r}.")
-            if not bool(self.word_start[ids[0]]):
+            if not bare and not bool(self.word_start[ids[0]]):
                 raise ConfigError(
                     f"The LLM tokenizer does not mark the start of word {word!r} "
                     f"(first token {self.tokenizer.convert_ids_to_tokens(ids[:1])}); the bridge needs "
                     "word-initial tokens with a leading space marker (Ġ or ▁), as Llama tokenizers have."
                 )
-            self._cache[word] = ids
+            self._cache[(word, bare)] = ids
         return ids
 
     def encode_words(self, words):
         """``(ids, word_ids)`` of ``words`` (lists of int, same length)."""
         ids, word_ids = [], []
         for w, word in enumerate(words):
-            t = self.word_tokens(word)
+            t = self.word_tokens(word, first=w == 0)
             ids += t
             word_ids += [w] * len(t)
         return ids, word_ids
@@ -173,11 +196,12 @@ class WordBridge:
         ids, word_ids = self.encode_words(words)
         ids, word_pos, tail = [self.bos_id] + ids, [-1] + word_ids, [False] * (len(ids) + 1)
         if complete:
-            extra = max(self.delay, 1)  # EOS, then delay - 1 tail pads
+            extra = max(self.delay, 1)  # EOS, then delay - 1 tail pads ("pad": delay tail pads)
             for k in range(extra):
-                ids.append(self.eos_id if k == 0 else self.pad_id)
+                eos = k == 0 and self.end == "eos"
+                ids.append(self.eos_id if eos else self.pad_id)
                 word_pos.append(W + k)
-                tail.append(k > 0)
+                tail.append(not eos)
         n = len(ids)
         word_pos_t = torch.tensor(word_pos)
         audio = torch.full((n, R), -1, dtype=torch.long)

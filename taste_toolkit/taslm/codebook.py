@@ -5,6 +5,10 @@ a TASTE token enters the LM as the sum of its R codewords ``(d,)`` and the
 embedding head predicts such a sum, which is re-quantized here by the same
 residual nearest-neighbour search the RVQ runs. The codebooks are a buffer copy,
 so the LM never changes them.
+
+The official release feeds the LM the RVQ's *output* instead (``project_out`` of
+the code sum, back in the aggregator's space, e.g. 1280-d): a codebook built with
+``project_out`` weights offers that as :meth:`SpeechCodebook.output`.
 """
 
 import torch
@@ -24,11 +28,21 @@ class SpeechCodebook(nn.Module):
     True
     """
 
-    def __init__(self, codebooks):
+    def __init__(self, codebooks, project_out_weight=None, project_out_bias=None):
         super().__init__()
         if codebooks.dim() != 3:
             raise ConfigError(f"codebooks must be (R, K, d), got shape {tuple(codebooks.shape)}.")
         self.register_buffer("codebooks", codebooks.detach().clone().float())
+        self.register_buffer("project_out_weight", None)
+        self.register_buffer("project_out_bias", None)
+        if project_out_weight is not None:
+            w = project_out_weight.detach().clone().float()
+            b = (project_out_bias.detach().clone().float() if project_out_bias is not None
+                 else torch.zeros(w.shape[0]))
+            if w.dim() != 2 or w.shape[1] != codebooks.shape[-1] or b.shape != (w.shape[0],):
+                raise ConfigError(f"project_out weight (D, d={codebooks.shape[-1]}) and bias (D,) expected, got "
+                                  f"{tuple(w.shape)} and {tuple(b.shape)}.")
+            self.project_out_weight, self.project_out_bias = w, b
         # RMS per dimension of a code sum with independent uniform codes: the RVQ's
         # code space has an arbitrary scale (100x Llama's embeddings here), so TASLM
         # feeds and predicts code sums divided by it (unit scale).
@@ -46,7 +60,34 @@ class SpeechCodebook(nn.Module):
             )
         if getattr(quantizer, "initialised", True) is False:
             raise ConfigError("The tokenizer's RVQ codebooks were never initialised (untrained tokenizer?).")
+        proj = getattr(getattr(quantizer, "rvq", None), "project_out", None)
+        if isinstance(proj, nn.Linear):
+            return cls(books.detach(), proj.weight, proj.bias)
         return cls(books.detach())
+
+    @property
+    def has_project_out(self):
+        return self.project_out_weight is not None
+
+    @property
+    def output_dim(self):
+        """Size ``D`` of :meth:`output` vectors (the code-space size without ``project_out``)."""
+        return self.project_out_weight.shape[0] if self.has_project_out else self.dim
+
+    def output(self, codes):
+        """``project_out(code sum)`` ``(..., D)`` of ``codes (..., R)`` (the RVQ's output vectors,
+        official ``get_output_from_indices``); ``-1`` codes add nothing to the sum."""
+        if not self.has_project_out:
+            raise ConfigError("These codebooks have no project_out weights (speech_input 'project_out' needs a "
+                              "tokenizer whose RVQ projects its code space, as the official release's does).")
+        return torch.nn.functional.linear(self.embed(codes), self.project_out_weight, self.project_out_bias)
+
+    def extra_tensors(self):
+        """Tensors to save beside ``codebook`` (``{name: tensor}``; empty without ``project_out``)."""
+        if not self.has_project_out:
+            return {}
+        return {"codebook_project_out.weight": self.project_out_weight.detach().cpu().contiguous(),
+                "codebook_project_out.bias": self.project_out_bias.detach().cpu().contiguous()}
 
     @property
     def num_quantizers(self):

@@ -14,6 +14,17 @@ Two defects of the official code are fixed here (reference-taste.md section 11):
 the KL uses the log-variance (the original passes ``mu`` as ``logvar``), and
 inference uses the mean ``mu`` (the official code uses ``mu + sigma`` or keeps
 sampling) unless sampling is asked for.
+
+Point prediction (``point``), both offered:
+
+* ``"mean"`` (default): re-quantize ``mu``;
+* ``"mean_plus_sigma"``: re-quantize ``mu + exp(0.5 * logvar)``, what the official
+  release (``ContinueLatentLinearLastExtract`` in eval mode, used by its
+  ``inference_completion``) does: sigma is added, not sampled.
+
+``predict(sample=True)`` draws ``mu + temperature * sigma * eps`` instead. With
+``normalized=False`` the Gaussian lives in the raw RVQ code space, as in the release
+(``fc_mu`` predicts the code sum itself); imported release heads use it.
 """
 
 import math
@@ -59,6 +70,10 @@ class TasteEmbeddingHead(LMHead):
         dimensions and averaged over positions).
     prior_std : float
         Standard deviation of the KL target ``N(target, prior_std^2 I)``.
+    normalized : bool
+        Work in codebook-scale units (True) or in the raw code space (False, release).
+    point : str
+        Point prediction without sampling: ``"mean"`` or ``"mean_plus_sigma"`` (release).
 
     Example
     -------
@@ -68,12 +83,17 @@ class TasteEmbeddingHead(LMHead):
     (torch.Size([1, 5, 3]), torch.Size([1, 5, 3]))
     """
 
+    POINTS = ("mean", "mean_plus_sigma")
+
     def __init__(self, input_dim: int, num_quantizers: int = 4, codebook_size: int = 512, embedding_dim: int = 256,
                  logvar: str = "learned", init_logvar: float = 0.0, regression_weight: float = 1.0,
-                 kl_weight: float = 1.0, prior_std: float = 1.0):
+                 kl_weight: float = 1.0, prior_std: float = 1.0, normalized: bool = True, point: str = "mean"):
         super().__init__()
         if logvar not in ("learned", "linear"):
             raise ConfigError(f"taste_embedding logvar must be 'learned' or 'linear', got {logvar!r}.")
+        if point not in self.POINTS:
+            raise ConfigError(f"taste_embedding point must be one of {self.POINTS}, got {point!r}.")
+        self.normalized, self.point = bool(normalized), point
         if min(input_dim, num_quantizers, embedding_dim) < 1 or codebook_size < 2:
             raise ConfigError("taste_embedding needs input_dim, num_quantizers, embedding_dim >= 1 and codebook_size >= 2.")
         if regression_weight < 0 or kl_weight < 0 or prior_std <= 0:
@@ -130,18 +150,18 @@ class TasteEmbeddingHead(LMHead):
         if n == 0:
             return mu.sum() * 0.0, stats
         m, lv, tgt = mu[mask], logvar[mask], targets[mask]
-        t = codebook.embed(tgt, normalized=True).float()
+        t = codebook.embed(tgt, normalized=self.normalized).float()
         # Reparameterization: the gradient reaches mu and sigma through the sample.
         z = m + torch.exp(0.5 * lv) * torch.randn_like(m) if self.training else m
         mse = F.mse_loss(z, t)
         kl = gaussian_kl(m, lv, t, self.prior_std).sum(-1).mean()
         with torch.no_grad():
-            pred = codebook.quantize(m, normalized=True)
+            pred = codebook.quantize(self._point(m, lv), normalized=self.normalized)
             for r in range(self.num_quantizers):
                 stats[f"correct_l{r}"] = int((pred[:, r] == tgt[:, r]).sum())
             # Same vector after re-quantization (a degenerate RVQ has duplicate codewords, so
             # per-layer code equality can miss predictions that decode to the target itself).
-            gap = (codebook.embed(pred, normalized=True) - t).norm(dim=-1)
+            gap = (codebook.embed(pred, normalized=self.normalized) - t).norm(dim=-1)
             stats["sum_correct"] = int((gap <= 1e-3 * max(1.0, float(t.norm(dim=-1).mean()))).sum())
         stats["mse_sum"] = float(F.mse_loss(m, t, reduction="none").mean(-1).sum())
         stats["kl_sum"] = float(kl.detach()) * n
@@ -151,17 +171,21 @@ class TasteEmbeddingHead(LMHead):
         """``(B, N)`` Gaussian log-density of the target code sums, 0 where unlabelled."""
         mu, logvar = output
         mask = targets[..., 0] >= 0
-        t = codebook.embed(targets, normalized=True).float()
+        t = codebook.embed(targets, normalized=self.normalized).float()
         logp = -0.5 * (logvar + (t - mu) ** 2 / logvar.exp() + math.log(2 * math.pi))
         return logp.sum(-1) * mask
 
+    def _point(self, mu, logvar):
+        """The point prediction: ``mu`` or ``mu + sigma`` (see ``point``)."""
+        return mu + torch.exp(0.5 * logvar) if self.point == "mean_plus_sigma" else mu
+
     @torch.no_grad()
     def predict(self, output, codebook, sample=False, top_p=0.0, temperature=1.0, generator=None):
-        """Codes ``(..., R)`` of the re-quantized mean, or of a sample ``mu + temperature * sigma * eps``
-        (``mu`` and ``sigma`` in codebook-scale units)."""
+        """Codes ``(..., R)`` of the re-quantized point prediction (``mu``, or ``mu + sigma`` with
+        ``point="mean_plus_sigma"``), or of a sample ``mu + temperature * sigma * eps``."""
         mu, logvar = output
-        z = mu
+        z = self._point(mu, logvar)
         if sample:
             eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
             z = mu + temperature * torch.exp(0.5 * logvar) * eps
-        return codebook.quantize(z, normalized=True)
+        return codebook.quantize(z, normalized=self.normalized)
