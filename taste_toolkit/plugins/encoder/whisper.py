@@ -16,6 +16,12 @@ Two input modes
     The official behaviour: every utterance padded to a 30-s window (3000 mel
     frames, 1500 encoder frames), no attention mask; outputs are cut back to the
     real frames so padding frames never enter the aggregator.
+``padded_window``
+    Exactly what the official release feeds its aggregator: the same 30-s window
+    as ``padded``, but all 1500 encoder frames are returned and ``lengths`` is the
+    whole window, so the aggregator's cross-attention also sees the frames of the
+    padding (the release uses no encoder mask). Needed to reproduce the release's
+    word vectors and codes (``taste_toolkit.official``).
 
 Why ``unpadded`` is the default (measured by ``benchmarks/run.py``, see
 ``benchmarks/README.md``): at the paper's large-v3 geometry it encodes a 5-s
@@ -67,15 +73,27 @@ def load_whisper_model(source):
     return WhisperModel.from_pretrained(path, attn_implementation="sdpa")
 
 
-def _encoder_from_config(source):
-    """A randomly initialized ``WhisperEncoder`` with the geometry of ``source``'s config."""
+MODES = ("unpadded", "padded", "padded_window")
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def _encoder_from_config(source, whisper_config=None, attention_implementation="sdpa"):
+    """A randomly initialized ``WhisperEncoder`` with the geometry of ``source``'s config.
+
+    ``whisper_config`` (a ``WhisperConfig`` as a plain dict, e.g. the ``asr_config``
+    of an official TASTE ``config.json``) is used instead of ``source`` when given:
+    nothing is read from disk or the hub.
+    """
     from transformers import WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     from taste_toolkit.pretrained.ctranslate2_whisper import resolve_whisper_source
 
-    config = WhisperConfig.from_pretrained(resolve_whisper_source(source))
-    config._attn_implementation = "sdpa"
+    if whisper_config is not None:
+        config = WhisperConfig.from_dict(dict(whisper_config))
+    else:
+        config = WhisperConfig.from_pretrained(resolve_whisper_source(source))
+    config._attn_implementation = attention_implementation
     return WhisperEncoder(config), config
 
 
@@ -96,13 +114,22 @@ class WhisperTapEncoder(Encoder):
     key_layer : int
         Keys = output of this block; ``-1`` = last block after the final LayerNorm.
     mode : str
-        ``"unpadded"`` or ``"padded"`` (see module docstring).
+        ``"unpadded"``, ``"padded"`` or ``"padded_window"`` (see module docstring).
     freeze : bool
         Keep the weights frozen and the module in eval mode.
     init_weights : bool
         Load the pretrained weights of ``source``. False builds the architecture
         from ``source``'s ``config.json`` only, for standalone checkpoints whose
         own weights file carries the encoder (see :meth:`export`).
+    whisper_config : dict, optional
+        A ``WhisperConfig`` as plain data (``WhisperConfig.to_dict()``, or the
+        ``asr_config`` of an official TASTE ``config.json``). When given, the
+        encoder is built from it with random weights (``source`` and
+        ``init_weights`` are ignored; no file or hub access) and its weights are
+        expected from a state dict, as the official importer does.
+    attention_implementation : str
+        ``"sdpa"`` (default) or ``"eager"`` (explicit softmax, as the official
+        release runs its encoder; same outputs within float rounding).
 
     Example
     -------
@@ -120,15 +147,30 @@ class WhisperTapEncoder(Encoder):
         mode: str = "unpadded",
         freeze: bool = True,
         init_weights: bool = True,
+        whisper_config: dict = None,
+        attention_implementation: str = "sdpa",
     ):
         super().__init__()
-        if mode not in ("unpadded", "padded"):
-            raise ConfigError(f"whisper encoder mode must be 'unpadded' or 'padded', got {mode!r}.")
-        if init_weights:
+        if mode not in MODES:
+            raise ConfigError(f"whisper encoder mode must be one of {MODES}, got {mode!r}.")
+        if attention_implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ConfigError(
+                f"whisper encoder attention_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
+                f"got {attention_implementation!r}."
+            )
+        if whisper_config is not None and not isinstance(whisper_config, dict):
+            raise ConfigError(
+                f"whisper_config must be a WhisperConfig as a dict (WhisperConfig.to_dict()), got "
+                f"{type(whisper_config).__name__}."
+            )
+        self.whisper_config = whisper_config
+        if whisper_config is None and init_weights:
             model = load_whisper_model(source)
             self.encoder, config = model.encoder, model.config
+            if attention_implementation != "sdpa":
+                self.encoder.config._attn_implementation = attention_implementation
         else:
-            self.encoder, config = _encoder_from_config(source)
+            self.encoder, config = _encoder_from_config(source, whisper_config, attention_implementation)
         num_layers = config.encoder_layers
         if value_layer != -1 and not 0 <= value_layer <= num_layers:
             raise ConfigError(
@@ -218,9 +260,49 @@ class WhisperTapEncoder(Encoder):
         if (wav_lengths < 2 * HOP).any():
             raise InputError("Utterances must have at least 20 ms of audio (320 samples).")
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
-            if self.mode == "padded":
+            if self.mode in ("padded", "padded_window"):
                 return self._forward_padded(wavs, wav_lengths)
             return self._forward_unpadded(wavs, wav_lengths)
+
+    def encode_features(self, feats, mel_lengths):
+        """Encode precomputed Whisper log-mels, e.g. the release's ``audio_features``.
+
+        Arguments
+        ---------
+        feats : torch.Tensor
+            ``(B, n_mels, F)`` log-mel frames (Whisper's normalisation), right-padded.
+        mel_lengths : torch.Tensor
+            ``(B,)`` valid mel frames (``samples // 160``).
+
+        Returns
+        -------
+        EncoderOutput
+            As :meth:`forward`. In ``padded``/``padded_window`` modes the mels are
+            zero-padded to the 30-s window first (as the release does), so their
+            padding must be the window's own (log-mel of zeros), not arbitrary.
+
+        Raises
+        ------
+        InputError
+            Wrong mel count, or more frames than the encoder window.
+        """
+        if feats.dim() != 3 or feats.shape[1] != self.n_mels:
+            raise InputError(
+                f"encode_features expects log-mels (B, {self.n_mels}, F), got {tuple(feats.shape)}; "
+                "transpose (B, F, n_mels) features first."
+            )
+        window = 2 * self.max_frames
+        mel_lengths = torch.as_tensor(mel_lengths, device=feats.device).long()
+        if feats.shape[-1] > window or (mel_lengths > window).any():
+            raise InputError(
+                f"encode_features got {feats.shape[-1]} mel frames; the Whisper window is {window} "
+                f"({window // 100} s). Split the audio into shorter segments."
+            )
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            if self.mode == "unpadded":
+                return self._run_encoder(feats, mel_lengths, use_mask=True)
+            feats = F.pad(feats, (0, window - feats.shape[-1]))
+            return self._window_output(feats, mel_lengths)
 
     def _forward_unpadded(self, wavs, wav_lengths):
         mel_lengths = wav_lengths // HOP
@@ -237,8 +319,14 @@ class WhisperTapEncoder(Encoder):
         feats = torch.stack(
             [self.log_mel(w[:n], pad_to=WINDOW_SAMPLES) for w, n in zip(wavs, wav_lengths.tolist())]
         )
-        out = self._run_encoder(feats, torch.full_like(wav_lengths, feats.shape[-1]), use_mask=False)
-        lengths = torch.div(wav_lengths // HOP + 1, 2, rounding_mode="floor")  # ceil(frames / 2)
+        return self._window_output(feats, wav_lengths // HOP)
+
+    def _window_output(self, feats, mel_lengths):
+        """Run the whole 30-s window unmasked; cut to the real frames unless ``padded_window``."""
+        out = self._run_encoder(feats, torch.full_like(mel_lengths, feats.shape[-1]), use_mask=False)
+        if self.mode == "padded_window":  # the release: every frame of the window is attended
+            return out
+        lengths = torch.div(mel_lengths + 1, 2, rounding_mode="floor")  # ceil(frames / 2)
         t = int(lengths.max())
         return EncoderOutput(out.keys[:, :t], out.values[:, :t], lengths, self.frame_rate)
 
@@ -272,14 +360,17 @@ class WhisperTapEncoder(Encoder):
     def export(self, folder):
         """Write what a standalone checkpoint needs to rebuild this encoder.
 
-        Only the Whisper ``config.json`` goes to ``folder``: the weights travel in
-        the checkpoint's safetensors file with every other module.
+        Only the Whisper ``config.json`` goes to ``folder`` (nothing at all when the
+        encoder was built from ``whisper_config``, which the options already hold):
+        the weights travel in the checkpoint's safetensors file with every other module.
 
         Returns
         -------
         dict
             Options to rebuild with; ``"./..."`` values are paths inside ``folder``.
         """
+        if self.whisper_config is not None:  # the config is in the options already
+            return {"init_weights": False}
         os.makedirs(folder, exist_ok=True)
         self.encoder.config.to_json_file(os.path.join(folder, "config.json"))
         return {"source": "./", "init_weights": False}
