@@ -32,7 +32,8 @@ def _fixture():
     config = json.loads((FIXTURE / "config.json").read_text())
     weights = load_file(str(FIXTURE / "model.safetensors"))
     tensors = {k[len(PREFIX):]: v for k, v in weights.items() if k.startswith(PREFIX)}
-    return config, tensors, load_file(str(FIXTURE / "inputs.safetensors")), load_file(str(FIXTURE / "outputs.safetensors"))
+    inputs, outputs = (load_file(str(FIXTURE / f"{name}.safetensors")) for name in ("inputs", "outputs"))
+    return config, tensors, inputs, outputs
 
 
 @pytest.fixture(scope="module")

@@ -91,3 +91,19 @@ def test_top_k_bans_eos_inside_the_top_k():
     draws = torch.stack([pick_top_k(logits, 2, 3, ban, generator=g) for _ in range(200)])
     assert set(draws[:, 0].tolist()) == {1}  # top-2 = {EOS, 1}: EOS removed, 1 remains
     assert set(draws[:, 1].tolist()) <= {3, 2}
+
+
+def test_label_smoothing_loss_is_espnet_kl():
+    from taste_toolkit.nn.label_smoothing import label_smoothing_loss
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))
+    labels[1, 3:] = -100
+    valid = labels != -100
+    ce = torch.nn.functional.cross_entropy(logits[valid], labels[valid])
+    assert torch.allclose(label_smoothing_loss(logits, labels), ce)
+    eps = 0.1
+    target = torch.full((int(valid.sum()), 7), eps / 6).scatter(1, labels[valid][:, None], 1 - eps)
+    kl = (target * (target.log() - torch.log_softmax(logits[valid], -1))).sum()
+    assert torch.allclose(label_smoothing_loss(logits, labels, eps), kl / valid.sum())
+    assert torch.allclose(label_smoothing_loss(logits, labels, eps, normalize_length=False), kl / 2)

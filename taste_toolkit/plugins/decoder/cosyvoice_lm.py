@@ -26,61 +26,16 @@ from torch import nn
 
 from taste_toolkit.errors import ConfigError, InputError
 from taste_toolkit.interfaces import DecoderOutput, UnitDecoder
+from taste_toolkit.nn.label_smoothing import label_smoothing_loss
+from taste_toolkit.nn.packing import pack_rows
 from taste_toolkit.nn.rel_pos_encoder import RelPosEncoder
 from taste_toolkit.nn.top_k_sampling import pick_top_k
+from taste_toolkit.nn.weighted_sum import FUSION_INITS, WeightedSumFusion
 from taste_toolkit.registry import register
 
 logger = logging.getLogger(__name__)
 
-FUSION_INITS = {"balance": (1.0, 1.0), "zero_audio": (-2.0, 2.0)}
 LENGTH_REFERENCES = ("prefix", "tokens")
-
-
-class WeightedSumFusion(nn.Module):
-    """``softmax(weights)[0] * audio + softmax(weights)[1] * text`` (the release's ``WeightedSum``).
-
-    ``normalize`` applies a parameter-free LayerNorm to both streams first.
-    """
-
-    def __init__(self, normalize=False, init="balance", trainable=True):
-        super().__init__()
-        self.normalize = normalize
-        self.weights = nn.Parameter(torch.tensor(FUSION_INITS[init]), requires_grad=trainable)
-
-    def forward(self, audio, text):
-        """``audio, text (B, N, D)`` -> ``(B, N, D)``."""
-        if self.normalize:
-            audio = F.layer_norm(audio, audio.shape[-1:])
-            text = F.layer_norm(text, text.shape[-1:])
-        weights = torch.softmax(self.weights, dim=0)
-        return weights[0] * audio + weights[1] * text
-
-
-def pack_rows(parts, total):
-    """Concatenate per-utterance pieces, right-padded with zeros.
-
-    Arguments
-    ---------
-    parts : list of (torch.Tensor, torch.Tensor)
-        ``(x (B, T_i, D), lengths (B,))`` in order; the first ``lengths`` rows of each piece are kept.
-    total : torch.Tensor
-        ``(B,)`` sum of the lengths.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(B, max(total), D)``.
-    """
-    first = parts[0][0]
-    out = first.new_zeros(first.shape[0], int(total.max()), first.shape[-1])
-    offset = torch.zeros_like(total)
-    rows = torch.arange(first.shape[0], device=first.device)[:, None]
-    for x, lengths in parts:
-        steps = torch.arange(x.shape[1], device=x.device)[None]
-        keep = steps < lengths[:, None]
-        out = out.index_put((rows.expand_as(keep)[keep], (offset[:, None] + steps)[keep]), x[keep])
-        offset = offset + lengths
-    return out
 
 
 @register("decoder", "cosyvoice_lm")
@@ -333,14 +288,7 @@ class CosyVoiceLMDecoder(UnitDecoder):
         number (``length_normalized_loss``) or by ``B``. With ``lsm_weight = 0`` this is
         the mean cross-entropy over valid targets.
         """
-        classes = logits.shape[-1]
-        flat, target = logits.reshape(-1, classes).float(), labels.reshape(-1)
-        ignore = target == -100
-        true_dist = torch.full_like(flat, self.lsm_weight / (classes - 1))
-        true_dist.scatter_(1, target.masked_fill(ignore, 0)[:, None], 1.0 - self.lsm_weight)
-        kl = torch.xlogy(true_dist, true_dist) - true_dist * torch.log_softmax(flat, dim=-1)
-        denom = int((~ignore).sum()) if self.length_normalized_loss else logits.shape[0]
-        return kl.masked_fill(ignore[:, None], 0.0).sum() / max(denom, 1)
+        return label_smoothing_loss(logits, labels, self.lsm_weight, self.length_normalized_loss)
 
     def forward(self, tokens, token_lengths, speech, speech_lengths, units, unit_lengths, speaker=None):
         """Teacher-forced pass in the toolkit's layout.
