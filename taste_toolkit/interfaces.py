@@ -12,12 +12,14 @@ Conventions used by every plugin
 """
 
 import abc
-import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
 from torch import nn
+
+from taste_toolkit.bitrate import bitrate as bits_per_second
+from taste_toolkit.bitrate import bits_per_token
 
 # --------------------------------------------------------------------------
 # Outputs
@@ -228,10 +230,10 @@ class Quantizer(nn.Module, abc.ABC):
 
     @property
     def bits_per_vector(self) -> float:
-        """Bits needed for one quantized vector (R * log2 K)."""
-        import math
-
-        return self.num_quantizers * math.log2(self.codebook_size) if self.codebook_size else float("nan")
+        """Bits needed for one quantized vector (R * log2 K; NaN for a continuous pass-through)."""
+        if not self.codebook_size:
+            return float("nan")
+        return bits_per_token(self.num_quantizers, self.codebook_size)
 
     @abc.abstractmethod
     def forward(self, x, lengths) -> QuantizerOutput:
@@ -353,7 +355,7 @@ class Codec(nn.Module, abc.ABC):
     @property
     def bitrate(self) -> float:
         """Bits per second: frame rate x codebooks x log2(codebook size)."""
-        return self.frame_rate * self.num_codebooks * math.log2(self.codebook_size)
+        return bits_per_second(self.frame_rate, self.num_codebooks, self.codebook_size)
 
     @abc.abstractmethod
     def encode(self, wavs, wav_lengths):

@@ -14,6 +14,7 @@ system cannot be built and the harness reports it as skipped, with the reason.
 import numpy as np
 import torch
 
+from taste_toolkit.bitrate import bits_per_token
 from taste_toolkit.evaluation.systems import System, register_system
 
 
@@ -60,7 +61,7 @@ class CodecSystem(System):
         frames = int(lengths[0])
         extras = {
             "speech_tokens": frames,
-            "bits_per_token": self.codec.num_codebooks * float(np.log2(self.codec.codebook_size)),
+            "bits_per_token": bits_per_token(self.codec.num_codebooks, self.codec.codebook_size),
             "codes": codes[0, :frames].tolist(),
         }
         return out, self.codec.sample_rate, extras

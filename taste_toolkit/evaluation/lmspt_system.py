@@ -17,6 +17,7 @@ import os
 import numpy as np
 import torch
 
+from taste_toolkit.bitrate import bits_per_token
 from taste_toolkit.errors import MissingResourceError
 from taste_toolkit.evaluation.systems import System, register_system
 
@@ -62,7 +63,7 @@ class LmsptSystem(System):
             used = 0  # the auxiliary decoder reads the semantic stream only
         self.streams = 1 + used
         self.bits = float(m.semantic_quantizer.bits_per_vector) + (
-            used * float(np.log2(acoustic.codebook_size)) if used else 0.0)
+            bits_per_token(used, acoustic.codebook_size) if used else 0.0)
 
     def info(self):
         rate = self.tok.token_rate

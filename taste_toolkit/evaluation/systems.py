@@ -53,6 +53,7 @@ import zlib
 
 import numpy as np
 
+from taste_toolkit.bitrate import bits_per_token
 from taste_toolkit.errors import ConfigError, InputError, MissingResourceError
 
 _SYSTEMS = {}
@@ -272,7 +273,7 @@ class UnitsToplineSystem(System):
     def __init__(self, tokenizer):
         self.path = tokenizer
         self.tok = _load_tokenizer(tokenizer)
-        self.bits = math.log2(self.tok.units.num_units)
+        self.bits = bits_per_token(1, int(self.tok.units.num_units))  # one unit = one code
 
     def info(self):
         return {"path": self.path, "token_rate_hz": float(self.tok.units.frame_rate), "bits_per_token": self.bits}

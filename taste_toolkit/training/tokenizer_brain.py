@@ -7,12 +7,12 @@ into absolute ones here, once; every plugin works with absolute lengths.
 """
 
 import logging
-import math
 import os
 
 import speechbrain as sb
 import torch
 
+from taste_toolkit.bitrate import bitrate
 from taste_toolkit.errors import TasteError
 from taste_toolkit.interfaces import EncoderOutput
 from taste_toolkit.training.checkpoints import make_robust
@@ -331,7 +331,7 @@ class TasteTokenizerBrain(sb.Brain):
             stats["token_rate_hz"] = round(rate, 3)
             q = self.modules.model.quantizer
             if q is not None and q.codebook_size:
-                stats["bitrate_bps"] = round(rate * q.num_quantizers * math.log2(q.codebook_size), 1)
+                stats["bitrate_bps"] = round(bitrate(rate, q.num_quantizers, q.codebook_size), 1) if rate > 0 else 0.0
         if seconds:
             stats["text_token_rate_hz"] = round(c.get("text_tokens", 0.0) / seconds, 3)
         for k, v in self._qmetrics.items():
