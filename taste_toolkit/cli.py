@@ -33,6 +33,8 @@ Examples
     Continue speech from a prompt with a trained TASLM (KV-cached joint text + TASTE generation).
 ``taste score --taslm results/taslm_token/1986/taslm --manifest test.csv``
     TASLM likelihood of (audio, text) pairs; ``--folder`` runs sSC/tSC-format two-choice sets.
+``taste import-official MediaTek-Research/Llama-1B-TASTE-V0 OUT``
+    The official release (local copy or hub id) as OUT/tokenizer, OUT/taslm and OUT/import_report.json.
 
 ``--model`` accepts TASTE (text-aligned) and LM-SPT (frame-rate) tokenizer folders.
 """
@@ -44,6 +46,7 @@ import os
 import sys
 
 from taste_toolkit import commands
+from taste_toolkit.commands import import_official
 from taste_toolkit.errors import TasteError
 
 # ---------------------------------------------------------------------- plugins
@@ -157,6 +160,7 @@ SUBCOMMANDS = {
     "evaluate": (commands.configure_evaluate, commands.run_evaluate),
     "generate": (commands.configure_generate, commands.run_generate),
     "score": (commands.configure_score, commands.run_score),
+    "import-official": (import_official.configure_import_official, import_official.run_import_official),
 }
 
 
