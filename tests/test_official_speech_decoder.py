@@ -223,3 +223,22 @@ def test_generation_validates_options():
         decoder.generate(tokens, lengths, speech, speech_lengths, None)
     with pytest.raises(InputError, match="one speech vector per text token"):
         decoder.generate(tokens, lengths, speech, speech_lengths - 1, speaker)
+
+
+def test_heads_must_divide_the_width():
+    with pytest.raises(ConfigError, match="llm__attention_heads"):
+        speech_decoder_options(_tiny_config(llm__attention_heads=3))
+    with pytest.raises(ConfigError, match="llm_input_size"):
+        speech_decoder_options(_tiny_config(llm_input_size=20, encoder__attention_heads=4))
+
+
+def test_without_audio_affine_layer():
+    """``audio_encoder_input_size = -1``: the speech vectors enter the encoder directly."""
+    config = _tiny_config(audio_encoder_input_size=-1)
+    result = build_speech_decoder(config, _random_tensors(config))
+    assert not any(name.startswith("audio_embed_affine_layer") for name in result["consumed"])
+    tokens, lengths, _, _, speaker = _tiny_inputs()
+    speech = torch.randn(3, 6, 12)
+    out = result["decoder"](tokens, lengths, speech, lengths, torch.randint(0, 30, (3, 4)), torch.tensor([4, 1, 2]),
+                            speaker)
+    assert out.logits.shape == (3, 5, 31) and torch.isfinite(out.loss)

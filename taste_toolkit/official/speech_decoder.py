@@ -40,7 +40,7 @@ FUSION_DEFAULTS = {"normalize": True, "use_trainable_weight": True, "use_layer_n
                    "weight_init_type": "balance"}
 
 
-def _get(section, name, kind, where="speech_decoder_config", defaults=OFFICIAL_DEFAULTS, choices=None):
+def _get(section, name, kind, where="speech_decoder_config", defaults=OFFICIAL_DEFAULTS, choices=None, minimum=None):
     value = section.get(name, defaults[name])
     if kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
@@ -54,6 +54,8 @@ def _get(section, name, kind, where="speech_decoder_config", defaults=OFFICIAL_D
     if choices is not None and value not in choices:
         raise ConfigError(f"{where}.{name}={value!r} is not supported by the {PLUGIN} decoder; "
                           f"supported: {', '.join(map(repr, choices))}.")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{where}.{name} must be >= {minimum}, got {value!r}.")
     return value
 
 
@@ -62,9 +64,9 @@ def _stack_options(section, prefix, ours, chunk_choices=None):
     _get(section, f"{prefix}__pos_enc_layer_type", str, choices=("rel_pos_espnet",))
     _get(section, f"{prefix}__selfattention_layer_type", str, choices=("rel_selfattn",))
     options = {
-        f"{ours}_layers": _get(section, f"{prefix}__num_blocks", int),
-        f"{ours}_heads": _get(section, f"{prefix}__attention_heads", int),
-        f"{ours}_ffn_dim": _get(section, f"{prefix}__linear_units", int),
+        f"{ours}_layers": _get(section, f"{prefix}__num_blocks", int, minimum=0),
+        f"{ours}_heads": _get(section, f"{prefix}__attention_heads", int, minimum=1),
+        f"{ours}_ffn_dim": _get(section, f"{prefix}__linear_units", int, minimum=1),
         f"{ours}_input_layer": _get(section, f"{prefix}__input_layer", str, choices=("linear", "linear_legacy")),
         f"{ours}_dropout": _get(section, f"{prefix}__dropout_rate", float),
         f"{ours}_positional_dropout": _get(section, f"{prefix}__positional_dropout_rate", float),
@@ -115,19 +117,19 @@ def speech_decoder_options(config):
         raise ConfigError(f"{where} has unsupported key(s) {unknown}; known: {sorted(FUSION_DEFAULTS)}.")
     _get(fuse, "use_layer_norm", bool, where, FUSION_DEFAULTS, choices=(False,))
 
-    embed = _get(section, "encoder_input_size", int)
+    embed = _get(section, "encoder_input_size", int, minimum=1)
     audio_in = _get(section, "audio_encoder_input_size", int)
     if audio_in == 0 or audio_in < -1:
         raise ConfigError(f"speech_decoder_config.audio_encoder_input_size must be -1 or >= 1, got {audio_in}.")
     options = dict(
-        vocab_size=_get(section, "text_token_size", int),
-        num_units=_get(section, "speech_token_size", int),
+        vocab_size=_get(section, "text_token_size", int, minimum=1),
+        num_units=_get(section, "speech_token_size", int, minimum=1),
         speech_dim=embed if audio_in == -1 else audio_in,
         speech_affine=audio_in != -1,
-        speaker_dim=_get(section, "spk_embed_dim", int),
+        speaker_dim=_get(section, "spk_embed_dim", int, minimum=1),
         text_embed_dim=embed,
-        d_model=_get(section, "llm_input_size", int),
-        lm_dim=_get(section, "llm_output_size", int),
+        d_model=_get(section, "llm_input_size", int, minimum=1),
+        lm_dim=_get(section, "llm_output_size", int, minimum=1),
         fusion_normalize=_get(fuse, "normalize", bool, where, FUSION_DEFAULTS),
         fusion_init=_get(fuse, "weight_init_type", str, where, FUSION_DEFAULTS, choices=("balance", "zero_audio")),
         fusion_trainable=_get(fuse, "use_trainable_weight", bool, where, FUSION_DEFAULTS),
@@ -139,6 +141,12 @@ def speech_decoder_options(config):
     )
     options.update(text)
     options.update(lm)
+    for width, heads, field in [("d_model", "text_heads", "encoder__attention_heads"),
+                                ("d_model", "speech_heads", "llm_input_size (audio-token encoder: 8 heads)"),
+                                ("lm_dim", "lm_heads", "llm__attention_heads")]:
+        if options[width] % options[heads] or options[width] % 2:
+            raise ConfigError(f"speech_decoder_config.{field}: width {options[width]} must be even and divisible "
+                              f"by {options[heads]} heads.")
     return options
 
 
