@@ -72,8 +72,8 @@ def test_every_option_has_help(verb, capsys):
     code, out, _ = run([verb, "--help"], capsys)
     assert code == 0
     for action in options:
-        assert action.help and len(action.help) > 10, action.option_strings
-        assert action.option_strings[-1] in out
+        assert action.help and len(action.help) > 10, action.option_strings or action.dest
+        assert (action.option_strings[-1] if action.option_strings else action.metavar or action.dest) in out
 
 
 def test_make_corpus_wires_arguments(monkeypatch, tmp_path, capsys):
