@@ -3,8 +3,8 @@
 Keys are the last layer after Whisper's final LayerNorm (alignment cues); values
 are the output of a shallow block (acoustic detail; the paper uses block 6 of 32).
 
-Two input modes
----------------
+Three input modes
+-----------------
 ``unpadded`` (default)
     Log-mel of the real samples only, batch padded to the longest utterance with
     key-padding masks in self-attention, so an utterance gives the same taps alone
