@@ -75,14 +75,27 @@ def relative_table(query_columns, key_columns, allowed, dim):
     table : torch.Tensor
         ``(R, dim)`` float32 :func:`relative_sinusoids` of the distances used.
     """
+    rel_index, low, high = relative_distances(query_columns, key_columns, allowed)
+    return rel_index, relative_sinusoids(torch.arange(low, high + 1, device=rel_index.device), dim)
+
+
+def relative_distances(query_columns, key_columns, allowed):
+    """Range ``[low, high]`` of the distances a mask allows and each pair's offset in it.
+
+    Returns
+    -------
+    rel_index : torch.Tensor
+        ``(T_q, T_k)`` long ``clamp(i - j, low, high) - low``.
+    low, high : int
+        Smallest and largest allowed distance (0, 0 if nothing is allowed).
+    """
     distance = query_columns[:, None] - key_columns[None, :]
     reachable = allowed.any(0)
     if bool(reachable.any()):
         low, high = int(distance[reachable].min()), int(distance[reachable].max())
     else:
         low = high = 0
-    table = relative_sinusoids(torch.arange(low, high + 1, device=distance.device), dim)
-    return distance.clamp(low, high) - low, table
+    return distance.clamp(low, high) - low, low, high
 
 
 class RelPositionMultiHeadAttention(nn.Module):
@@ -127,7 +140,7 @@ class RelPositionMultiHeadAttention(nn.Module):
         batch, time, _ = x.shape
         return x.view(batch, time, self.h, self.d_k).transpose(1, 2)  # (B, H, T, D_h)
 
-    def forward(self, x, allowed, rel_index, table, past=None):
+    def forward(self, x, allowed, rel_index, table, past=None, projected=None):
         """Attend.
 
         Arguments
@@ -142,6 +155,9 @@ class RelPositionMultiHeadAttention(nn.Module):
             query/key pair (see :func:`relative_table`).
         past : tuple of torch.Tensor, optional
             Cached ``(keys, values)``, each ``(B, H, T_past, D_h)``.
+        projected : torch.Tensor, optional
+            ``(R, D)`` = ``linear_pos(table)`` when already computed (decoding cache);
+            ``table`` is then not read.
 
         Returns
         -------
@@ -156,7 +172,9 @@ class RelPositionMultiHeadAttention(nn.Module):
         if past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
-        p = self.linear_pos(table.to(x.dtype)).view(-1, self.h, self.d_k).transpose(0, 1)  # (H, R, D_h)
+        if projected is None:
+            projected = self.linear_pos(table.to(x.dtype))
+        p = projected.view(-1, self.h, self.d_k).transpose(0, 1)  # (H, R, D_h)
         ac = torch.matmul(q + self.pos_bias_u[:, None], k.transpose(-2, -1))  # (B, H, T_q, T_k)
         bd = torch.matmul(q + self.pos_bias_v[:, None], p.transpose(-2, -1))  # (B, H, T_q, R)
         bd = bd.gather(-1, rel_index.expand(*bd.shape[:2], -1, -1))

@@ -20,13 +20,36 @@ padded keys are never seen. A KV cache makes step-by-step decoding with
 """
 
 import math
+from dataclasses import dataclass
+from typing import List, Optional
 
 import torch
 from torch import nn
 
 from taste_toolkit.errors import ConfigError
 from taste_toolkit.nn.causal_transformer import KVCache
-from taste_toolkit.nn.rel_pos_attention import RelPositionMultiHeadAttention, relative_table
+from taste_toolkit.nn.rel_pos_attention import (
+    RelPositionMultiHeadAttention,
+    relative_distances,
+    relative_sinusoids,
+)
+
+@dataclass
+class RelPosCache(KVCache):
+    """:class:`KVCache` plus each layer's projected position rows (``linear_pos(pe(r))``).
+
+    Attributes
+    ----------
+    pos_low : int
+        Distance of row 0 of ``pos_proj``.
+    pos_proj : list of torch.Tensor, optional
+        One ``(R, D)`` tensor per layer for distances ``pos_low .. pos_low + R - 1``;
+        decoding step by step then projects only the new distance.
+    """
+
+    pos_low: int = 0
+    pos_proj: Optional[List[torch.Tensor]] = None
+
 
 ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 INPUT_LAYERS = ("linear", "linear_legacy")
@@ -77,13 +100,17 @@ class RelPosEncoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.normalize_before = normalize_before
 
-    def forward(self, x, allowed, rel_index, table, past=None):
-        """``x (B, T, D)`` -> ``(B, T, D)`` and the ``(keys, values)`` of this layer."""
+    def forward(self, x, allowed, rel_index, table, past=None, projected=None):
+        """``x (B, T, D)`` -> ``(B, T, D)`` and the ``(keys, values)`` of this layer.
+
+        ``allowed``, ``rel_index``, ``table``, ``past`` and ``projected`` are those of
+        :meth:`RelPositionMultiHeadAttention.forward`.
+        """
         norm_att, norm_ff = (getattr(self, name) for name in self.norm_names)
         residual = x
         if self.normalize_before:
             x = norm_att(x)
-        attended, kv = self.self_attn(x, allowed, rel_index, table, past)
+        attended, kv = self.self_attn(x, allowed, rel_index, table, past, projected)
         x = residual + self.dropout(attended)
         if not self.normalize_before:
             x = norm_att(x)
@@ -184,7 +211,7 @@ class RelPosEncoder(nn.Module):
         valid : torch.Tensor
             ``(B, T)`` bool, False at padding (right padding, or left padding in
             batched decoding: only column differences matter).
-        cache : KVCache, optional
+        cache : RelPosCache, optional
             Keys/values of earlier steps; ``xs`` continues them.
         use_cache : bool
             Return a cache even when none was given.
@@ -193,7 +220,7 @@ class RelPosEncoder(nn.Module):
         -------
         torch.Tensor
             ``(B, T, output_size)`` (padded positions hold finite, meaningless values).
-        KVCache or None
+        RelPosCache or None
             Cache including ``xs`` (``cache`` given or ``use_cache``), else None.
         """
         past = 0 if cache is None else cache.length
@@ -201,19 +228,39 @@ class RelPosEncoder(nn.Module):
         key_columns = torch.arange(key_valid.shape[1], device=xs.device)
         query_columns = key_columns[past:]
         allowed = self.attention_mask(key_valid, query_columns, key_columns)
-        rel_index, table = relative_table(query_columns, key_columns, allowed, self.output_size)
-        table = self.pos_dropout(table)
+        rel_index, low, high = relative_distances(query_columns, key_columns, allowed)
+        projected, pos_low = self._positions(cache, low, high, xs.dtype)
+        rel_index = rel_index + (low - pos_low)
         x = self.pos_dropout(self.embed(xs) * self.xscale)
         keys, values = [], []
         for index, layer in enumerate(self.encoders):
             layer_past = None if cache is None else (cache.keys[index], cache.values[index])
-            x, (key, value) = layer(x, allowed, rel_index, table, layer_past)
+            x, (key, value) = layer(x, allowed, rel_index, None, layer_past, projected[index])
             keys.append(key)
             values.append(value)
         if self.normalize_before:
             x = self.after_norm(x)
-        new_cache = KVCache(keys, values, key_valid) if (use_cache or cache is not None) else None
-        return x, new_cache
+        if not (use_cache or cache is not None):
+            return x, None
+        reusable = not (self.training and self.pos_dropout.p > 0)
+        return x, RelPosCache(keys, values, key_valid, pos_low, projected if reusable else None)
+
+    def _positions(self, cache, low, high, dtype):
+        """Per-layer ``linear_pos(pe(r))`` for ``r`` in ``[low, high]`` (or a wider cached range).
+
+        Returns the list of ``(R, D)`` tensors and the distance of their row 0.
+        """
+        cached = getattr(cache, "pos_proj", None)
+        if cached is not None and low >= cache.pos_low:
+            have = cache.pos_low + cached[0].shape[0] - 1 if cached else high
+            if high <= have:
+                return cached, cache.pos_low
+            extra = relative_sinusoids(torch.arange(have + 1, high + 1, device=cached[0].device), self.output_size)
+            return [torch.cat([old, layer.self_attn.linear_pos(extra.to(dtype))])
+                    for old, layer in zip(cached, self.encoders)], cache.pos_low
+        device = self.after_norm.weight.device
+        table = self.pos_dropout(relative_sinusoids(torch.arange(low, high + 1, device=device), self.output_size))
+        return [layer.self_attn.linear_pos(table.to(dtype)) for layer in self.encoders], low
 
 
 class ConformerEncoderLayer(RelPosEncoderLayer):
