@@ -14,17 +14,14 @@ and unit extractor.
 
 import argparse
 import os
-import sys
 
 import speechbrain as sb
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train import fit_text_tokenizer, prepare_corpus  # noqa: E402
-
-from taste_toolkit.data.unit_cache import prepare_units  # noqa: E402
-from taste_toolkit.errors import MissingResourceError  # noqa: E402
-from taste_toolkit.hparams_loader import load_hparams  # noqa: E402
-from taste_toolkit.training.export import export_tokenizer  # noqa: E402
+from taste_toolkit.data.corpus_preparation import fit_text_tokenizer, prepare_corpus
+from taste_toolkit.data.unit_cache import prepare_units
+from taste_toolkit.errors import MissingResourceError
+from taste_toolkit.hparams_loader import load_hparams
+from taste_toolkit.training.export import export_tokenizer
 
 
 def main():

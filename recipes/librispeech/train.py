@@ -23,65 +23,15 @@ import sys
 import speechbrain as sb
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from librispeech_prepare import prepare_librispeech  # noqa: E402
-
-from taste_toolkit.hparams_loader import load_hparams, setup_experiment  # noqa: E402
-from taste_toolkit.data.unit_cache import load_units, prepare_units  # noqa: E402
-from taste_toolkit.training.data import build_datasets, compute_speaker_vectors, train_loader_kwargs  # noqa: E402
-from taste_toolkit.training.export import export_tokenizer  # noqa: E402
-from taste_toolkit.training.staging import parse_stages, stage_plan  # noqa: E402
-from taste_toolkit.training.tokenizer_brain import TasteTokenizerBrain  # noqa: E402
+from taste_toolkit.hparams_loader import load_hparams, setup_experiment
+from taste_toolkit.data.corpus_preparation import fit_text_tokenizer, prepare_corpus
+from taste_toolkit.data.unit_cache import load_units, prepare_units
+from taste_toolkit.training.data import build_datasets, compute_speaker_vectors, train_loader_kwargs
+from taste_toolkit.training.export import export_tokenizer
+from taste_toolkit.training.staging import parse_stages, stage_plan
+from taste_toolkit.training.tokenizer_brain import TasteTokenizerBrain
 
 logger = logging.getLogger(__name__)
-
-
-def prepare_corpus(hparams):
-    """Manifests for every split; the embedded corpus is synthesized when no data_folder is set."""
-    data_folder = hparams["data_folder"]
-    if not data_folder:
-        from taste_toolkit.data.synthetic_corpus import generate_corpus
-
-        data_folder = hparams["corpus_folder"]
-        run_on_main(generate_corpus, args=[data_folder], kwargs=dict(hparams["corpus_options"]))
-    splits = hparams["train_splits"] + hparams["dev_splits"] + hparams["test_splits"]
-    save = os.path.join(hparams["prep_folder"], "manifests", os.path.basename(os.path.normpath(data_folder)))
-    run_on_main(
-        prepare_librispeech,
-        kwargs=dict(
-            data_folder=data_folder,
-            save_folder=save,
-            splits=splits,
-            max_duration=hparams["max_duration"],
-            skip_prep=hparams["skip_prep"],
-        ),
-    )
-    manifests = {s: os.path.join(save, f"{s}.csv") for s in splits}
-    if len(hparams["train_splits"]) > 1:  # e.g. LibriSpeech 960 h = three training splits
-        merged = "+".join(hparams["train_splits"])
-        run_on_main(
-            sb.dataio.dataio.merge_csvs,
-            kwargs=dict(data_folder=save, csv_lst=[f"{s}.csv" for s in hparams["train_splits"]], merged_csv=f"{merged}.csv"),
-        )
-        manifests[merged] = os.path.join(save, f"{merged}.csv")
-        train = merged
-    else:
-        train = hparams["train_splits"][0]
-    return manifests, train
-
-
-def fit_text_tokenizer(hparams, manifests, train):
-    tok = hparams["text_tokenizer"]
-    if not getattr(tok, "needs_fit", False):
-        return tok
-    import csv
-
-    with open(manifests[train]) as f:
-        transcripts = [row["wrd"] for row in csv.DictReader(f)]
-    folder = os.path.join(hparams["prep_folder"], "text_tokenizer")
-    run_on_main(tok.fit, args=[transcripts, folder])
-    tok.fit(transcripts, folder)  # every rank loads the same (already trained) model
-    return tok
 
 
 def run_stage(hparams, run_opts, encoder_cache=None):

@@ -31,13 +31,11 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train import prepare_corpus  # noqa: E402  (same data preparation as the tokenizer recipe)
-
-from taste_toolkit.audio import load_audio  # noqa: E402
-from taste_toolkit.data.unit_cache import load_units, prepare_units, read_manifest  # noqa: E402
-from taste_toolkit.errors import ConfigError, InputError  # noqa: E402
-from taste_toolkit.utils import relative_to_absolute  # noqa: E402
+from taste_toolkit.audio import load_audio
+from taste_toolkit.data.corpus_preparation import prepare_corpus  # same data preparation as the tokenizer recipe
+from taste_toolkit.data.unit_cache import load_units, prepare_units, read_manifest
+from taste_toolkit.errors import ConfigError, InputError
+from taste_toolkit.utils import relative_to_absolute
 
 logger = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@
     python recipes/librispeech/train.py hparams/lmspt.yaml --data_folder=/data/LibriSpeech \\
         --train_splits=[train-clean-100] --dev_splits=[dev-clean] --test_splits=[test-clean]
 
-Same corpus preparation as the TASTE recipe (``prepare_corpus`` of
-``recipes/librispeech/train.py``: embedded corpus synthesis, LibriSpeech manifests,
-merged training splits), no text tokenizer, units or speaker vectors (frame tokens
+Same corpus preparation as the TASTE recipe
+(:func:`taste_toolkit.data.corpus_preparation.prepare_corpus`: embedded corpus synthesis,
+LibriSpeech manifests, merged training splits), no text tokenizer, units or speaker vectors (frame tokens
 are learned from audio alone). Trains :class:`~taste_toolkit.training.lmspt_brain.LmsptBrain`,
 tests on each test split with the best checkpoint, writes ``test_results.json`` and
 exports the standalone :class:`~taste_toolkit.lmspt.api.LmsptTokenizer` to
@@ -17,31 +17,19 @@ exports the standalone :class:`~taste_toolkit.lmspt.api.LmsptTokenizer` to
 import json
 import logging
 import os
-import sys
 
 import speechbrain as sb
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.distributed import if_main_process
 
 from taste_toolkit.audio import load_audio
+from taste_toolkit.data.corpus_preparation import prepare_corpus
 from taste_toolkit.errors import InputError
 from taste_toolkit.hparams_loader import setup_experiment
 from taste_toolkit.training.lmspt_brain import LmsptBrain
 from taste_toolkit.training.data import train_loader_kwargs
 
 logger = logging.getLogger(__name__)
-
-RECIPE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                          "recipes", "librispeech")
-
-
-def prepare_corpus(hparams):
-    """The TASTE recipe's corpus preparation (imported from ``recipes/librispeech/train.py``)."""
-    if RECIPE_DIR not in sys.path:
-        sys.path.insert(0, RECIPE_DIR)
-    from train import prepare_corpus as prepare  # noqa: E402  (the recipe is not a package)
-
-    return prepare(hparams)
 
 
 def build_audio_datasets(manifests, sample_rate=16000):
