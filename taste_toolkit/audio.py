@@ -1,4 +1,8 @@
-"""Loading and validating audio for the data pipeline, the API and the CLI.
+"""Reading, validating and resampling audio: the one place for it in the toolkit.
+
+The data pipeline, the API, the CLI, the evaluation harness and the metric
+plugins read files with :func:`read_audio` / :func:`load_audio` and resample
+with :func:`resample`.
 
 Every waveform that enters the toolkit from outside goes through
 :func:`prepare_waveform` (or :func:`load_audio`, which calls it), so bad audio
@@ -141,10 +145,30 @@ def _resample_fft(wav, orig_sr, target_sr):
 def resample(wav, orig_sr, target_sr):
     """Resample ``wav (..., S)`` from ``orig_sr`` to ``target_sr`` (no-op if equal).
 
-    Common rates (8, 11.025, 22.05, 24, 44.1, 48 kHz ...) use
-    :func:`torchaudio.functional.resample`; unusual ones (large reduced ratio, see
-    :data:`MAX_POLYPHASE_RATIO`) an FFT resampler, so no rate can stall the caller.
+    The toolkit's one resampler: the data pipeline, the API, the evaluation
+    harness and the metric plugins all call it. Common rates (8, 11.025, 22.05,
+    24, 44.1, 48 kHz ...) use :func:`torchaudio.functional.resample`; unusual
+    ones (large reduced ratio, see :data:`MAX_POLYPHASE_RATIO`) an FFT
+    resampler, so no rate can stall the caller.
+
+    Parameters
+    ----------
+    wav : torch.Tensor or numpy.ndarray
+        Float samples, time on the last axis.
+    orig_sr, target_sr : int
+        Sample rates in Hz.
+
+    Returns
+    -------
+    torch.Tensor or numpy.ndarray
+        A tensor (same dtype) for a tensor input, returned as is when the rates
+        are equal; a float32 NumPy array for any other input.
     """
+    if not isinstance(wav, torch.Tensor):
+        wav = np.asarray(wav, dtype=np.float32)
+        if int(orig_sr) == int(target_sr):
+            return wav
+        return resample(torch.from_numpy(np.ascontiguousarray(wav)), int(orig_sr), int(target_sr)).numpy()
     if orig_sr == target_sr:
         return wav
     g = math.gcd(int(orig_sr), int(target_sr))
@@ -232,12 +256,53 @@ def prepare_waveform(wav, sample_rate, target_sr=16000, max_seconds=None):
     return resample(wav, sample_rate, target_sr).contiguous()
 
 
-def load_audio(path, target_sr=16000, max_seconds=None):
-    """Read an audio file as float mono at ``target_sr``.
+def read_audio(path):
+    """Read an audio file as it is: float32 mono samples and the file's sample rate.
 
-    Any format/subtype libsndfile reads (WAV, FLAC, OGG, ...; PCM or float) is
-    accepted; channels are averaged; the result is validated like
-    :func:`prepare_waveform`.
+    The toolkit's one audio reader (:func:`load_audio` adds validation and
+    resampling on top of it). Any format/subtype libsndfile reads (WAV, FLAC,
+    OGG, ...; PCM or float) is accepted; channels are averaged. The samples are
+    not checked (see :func:`prepare_waveform` for that).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Audio file.
+
+    Returns
+    -------
+    wav : numpy.ndarray
+        ``(S,)`` float32.
+    sample_rate : int
+        The file's sample rate in Hz.
+
+    Raises
+    ------
+    InputError
+        The file is missing or unreadable (the message names the path and
+        soundfile's error).
+    """
+    import soundfile as sf
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"Audio file {path!r} does not exist.")
+    try:
+        # always_2d: (frames, channels) even for mono, so downmixing is uniform
+        data, sample_rate = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as exc:  # libsndfile errors, truncated headers, etc.
+        raise InputError(
+            f"Cannot read audio file {path!r}: {exc}. Convert it to WAV or FLAC "
+            "(e.g. with sox or ffmpeg)."
+        ) from exc
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    return mono, int(sample_rate)
+
+
+def load_audio(path, target_sr=16000, max_seconds=None):
+    """Read an audio file as validated float mono at ``target_sr``.
+
+    :func:`read_audio` followed by :func:`prepare_waveform`.
 
     Arguments
     ---------
@@ -259,24 +324,11 @@ def load_audio(path, target_sr=16000, max_seconds=None):
         The file is missing or unreadable (the message names the path and
         soundfile's error), or its content fails validation.
     """
-    import soundfile as sf
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputError(f"Audio file {path!r} does not exist.")
-    try:
-        # always_2d: (frames, channels) even for mono, so downmixing is uniform
-        data, sample_rate = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as exc:  # libsndfile errors, truncated headers, etc.
-        raise InputError(
-            f"Cannot read audio file {path!r}: {exc}. Convert it to WAV or FLAC "
-            "(e.g. with sox or ffmpeg)."
-        ) from exc
-    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    mono, sample_rate = read_audio(path)
     try:
         return prepare_waveform(mono, sample_rate, target_sr, max_seconds=max_seconds)
     except InputError as exc:
-        raise InputError(f"{path}: {exc}") from exc
+        raise InputError(f"{os.fspath(path)}: {exc}") from exc
 
 
 def is_silent(wav, threshold_db=-60.0):

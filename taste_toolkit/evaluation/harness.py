@@ -44,12 +44,12 @@ import hashlib
 import inspect
 import json
 import logging
-import math
 import os
 import time
 
 import numpy as np
 
+from taste_toolkit.audio import read_audio, resample
 from taste_toolkit.errors import ConfigError, InputError, TasteError
 from taste_toolkit.evaluation.bootstrap import bootstrap_options
 from taste_toolkit.evaluation.data import load_eval_set
@@ -120,28 +120,10 @@ def validate_config(config):
 # ------------------------------------------------------------------ helpers
 
 
-def resample(wav, orig_sr, target_sr):
-    """``(T,)`` float32 NumPy waveform from ``orig_sr`` to ``target_sr`` (polyphase)."""
-    from scipy.signal import resample_poly
-
-    if int(orig_sr) == int(target_sr):
-        return np.asarray(wav, dtype=np.float32)
-    g = math.gcd(int(orig_sr), int(target_sr))
-    return resample_poly(np.asarray(wav, dtype=np.float64), int(target_sr) // g, int(orig_sr) // g).astype(np.float32)
-
-
 def match_rms(ref, hyp):
     """Scale ``hyp`` to the RMS of ``ref`` (vocoder levels are not calibrated)."""
     r, h = float(np.sqrt(np.mean(ref.astype(np.float64) ** 2))), float(np.sqrt(np.mean(hyp.astype(np.float64) ** 2)))
     return (hyp * (r / h)).astype(np.float32) if h > 1e-8 else hyp
-
-
-def read_audio(path):
-    """Mono float32 waveform and rate (channels averaged)."""
-    import soundfile as sf
-
-    wav, sr = sf.read(path, dtype="float32", always_2d=True)
-    return wav.mean(axis=1), int(sr)
 
 
 def _write_json(path, obj):

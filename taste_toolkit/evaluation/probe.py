@@ -80,12 +80,9 @@ def word_features(tok, row):
         ``(W, D)`` float32 arrays (``tokens`` is missing for text-only models,
         ``attended_values`` for aggregators without attention weights).
     """
-    import soundfile as sf
+    from taste_toolkit.audio import prepare_waveform, read_audio
 
-    from taste_toolkit.audio import prepare_waveform
-
-    wav, sr = sf.read(row["path"], dtype="float32", always_2d=True)
-    wav = wav.mean(1)
+    wav, sr = read_audio(row["path"])
     text = " ".join(row["words"])
     n_words = len(row["words"])
     out = {}

@@ -117,7 +117,7 @@ def build_real_speech_set(root, librivox=True, asterisk=20, cache_dir=None):
     """
     import soundfile as sf
 
-    from taste_toolkit.evaluation.harness import resample
+    from taste_toolkit.audio import resample
 
     meta_path = os.path.join(root, "metadata.jsonl")
     request = {"librivox": bool(librivox), "asterisk": int(asterisk)}

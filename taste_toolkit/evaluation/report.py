@@ -25,7 +25,8 @@ import os
 
 import numpy as np
 
-from taste_toolkit.evaluation.harness import read_audio, read_rows
+from taste_toolkit.audio import read_audio
+from taste_toolkit.evaluation.harness import read_rows
 
 
 def _plain(obj):

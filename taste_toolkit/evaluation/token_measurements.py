@@ -48,14 +48,13 @@ def boundary_errors(tok, rows):
     skipped : int
         Utterances whose words differ from the metadata's or that have no alignment.
     """
-    import soundfile as sf
-
     from taste_toolkit.alignment import word_timestamps
+    from taste_toolkit.audio import read_audio
 
     errors, skipped = [], 0
     for row in rows:
-        wav, sr = sf.read(row["path"], dtype="float32", always_2d=True)
-        tokens = tok.encode(wav.mean(1), sr, " ".join(row["words"]), return_alignment=True)
+        wav, sr = read_audio(row["path"])
+        tokens = tok.encode(wav, sr, " ".join(row["words"]), return_alignment=True)
         if tokens.alignment is None:
             return [], len(rows)  # this aggregator has no attention: nothing to measure
         try:

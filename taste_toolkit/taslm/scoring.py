@@ -31,6 +31,7 @@ import os
 import numpy as np
 import torch
 
+from taste_toolkit.audio import read_audio
 from taste_toolkit.errors import InputError, MissingResourceError
 from taste_toolkit.taslm.bridge import IGNORE
 from taste_toolkit.utils import lengths_to_mask
@@ -147,14 +148,7 @@ def _transcript(path, asr):
     if asr is None:
         raise InputError(f"{path} has no transcript ({txt}) and no ASR is configured; TASTE tokens need the "
                          "words spoken: add .txt files next to the audio or pass an ASR.")
-    return asr.transcribe(*_load(path))
-
-
-def _load(path):
-    import soundfile as sf
-
-    wav, sr = sf.read(path, dtype="float32")
-    return wav, sr
+    return asr.transcribe(*read_audio(path))
 
 
 def _pairs_in(folder):
@@ -203,7 +197,7 @@ def load_two_choice_folder(root, tokenizer, asr=None):
         for good, bad in pairs:
             cands = []
             for path in (good, bad):
-                wav, sr = _load(path)
+                wav, sr = read_audio(path)
                 t = tokenizer.encode(wav, sr, _transcript(path, asr))
                 cands.append((t.words, word_level_codes(t)))
             items.append({"good": cands[0], "bad": cands[1], "start_word": 0})

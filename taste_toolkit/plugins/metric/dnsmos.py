@@ -24,7 +24,7 @@ class DNSMOS(UtteranceMetric):
         import numpy as np
         from speechmos import dnsmos
 
-        from taste_toolkit.evaluation.harness import resample
+        from taste_toolkit.audio import resample
 
         x = resample(sample.hyp, sample.sample_rate, 16000)
         peak = float(np.abs(x).max()) if x.size else 0.0

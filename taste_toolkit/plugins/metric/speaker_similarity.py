@@ -36,7 +36,7 @@ class SpeakerSimilarity(UtteranceMetric):
             self._encoder = VoiceEncoder(device="cpu", verbose=False)
         x = preprocess_wav(np.asarray(wav, dtype=np.float32), source_sr=sample_rate)
         if x.size < 1600:  # VAD removed (almost) everything: fall back to the raw signal
-            from taste_toolkit.evaluation.harness import resample
+            from taste_toolkit.audio import resample
 
             x = resample(wav, sample_rate, 16000)
         return self._encoder.embed_utterance(x)
