@@ -178,19 +178,20 @@ def build_speech_decoder(config: dict, tensors: Mapping[str, torch.Tensor]) -> d
     """
     options = speech_decoder_options(config)
     decoder = build("decoder", PLUGIN, options)
-    expected = decoder.state_dict()
-    for name, param in expected.items():
+    expected = decoder.state_dict()  # shares storage with the parameters
+    for name, target in expected.items():  # one tensor in memory at a time (lazy mappings)
         if name not in tensors:
             hint = " (strip the 'speech_decoder.' prefix)" if f"speech_decoder.{name}" in tensors else ""
-            raise InputError(f"Missing tensor speech_decoder.{name}, expected shape {list(param.shape)}{hint}.")
+            raise InputError(f"Missing tensor speech_decoder.{name}, expected shape {list(target.shape)}{hint}.")
         got = tensors[name]
-        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(param.shape):
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(target.shape):
             shape = list(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-            raise InputError(f"Tensor speech_decoder.{name} has shape {shape}, expected {list(param.shape)} "
+            raise InputError(f"Tensor speech_decoder.{name} has shape {shape}, expected {list(target.shape)} "
                              f"from the config; the checkpoint and config.json do not match.")
         if not torch.is_floating_point(got) or not torch.isfinite(got).all():
             raise InputError(f"Tensor speech_decoder.{name} must hold finite floating-point values.")
-    decoder.load_state_dict({name: tensors[name] for name in expected}, strict=True)
+        with torch.no_grad():
+            target.copy_(got)
     decoder.eval()
     return {
         "decoder": decoder,
