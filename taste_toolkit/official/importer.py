@@ -264,6 +264,13 @@ def _import_taslm(ckpt, taslm_plan, tmp, folder, dtype, fingerprint, with_tokeni
     for dst, src in {**mapping["backbone"], **mapping["trainable"]}.items():
         where = "taslm/backbone" if dst in mapping["backbone"] else "taslm"
         report["tensors"][src] = {"status": "mapped", "to": f"{where}:{dst}"}
+    rvq = [n for n in ckpt.names("audio_tower.vq.rvq.") if n.endswith("._codebook.embed") or ".project_out." in n]
+    for src in rvq:  # copied into the TASLM's frozen codebook (code lookup and speech input)
+        entry = report["tensors"].get(src)
+        if entry and entry["status"] == "mapped":
+            entry["to"] += ", taslm:codebook"
+        else:
+            report["tensors"][src] = {"status": "mapped", "to": "taslm:codebook"}
     for src, why in mapping["skipped"].items():
         report["tensors"][src] = {"status": "skipped", "reason": why}
     for src, why in mapping["not_placed"].items():
