@@ -253,3 +253,15 @@ def test_whisper_encoder_from_config_dict_and_padded_window():
     assert enc.export("/nonexistent") == {"init_weights": False}  # nothing written: the config is in the options
     with pytest.raises(ConfigError, match="mode"):
         build("encoder", "whisper", {"source": "", "whisper_config": WHISPER, "mode": "window"})
+
+
+def test_bfloat16_tensors_are_upcast_and_reported():
+    config, tensors = _release()
+    half = {k: v.to(torch.bfloat16) if v.is_floating_point() and "initted" not in k else v for k, v in tensors.items()}
+    tower = build_audio_tower(config, half)
+    assert any("bfloat16" in note for note in tower["notes"])
+    assert all(p.dtype == torch.float32 for kind in ("encoder", "aggregator", "quantizer")
+               for p in tower[kind].parameters())
+    expected = half["vq.rvq.layers.0._codebook.embed"].float()
+    torch.testing.assert_close(tower["quantizer"].rvq.layers[0]._codebook.embed, expected)
+    assert tower["quantizer"].initialised

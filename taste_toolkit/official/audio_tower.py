@@ -243,22 +243,30 @@ def build_audio_tower(config: dict, tensors: Mapping, whisper_config: dict = Non
     """
     options, notes = audio_tower_options(config, tensors, whisper_config)
     modules = {kind: build(kind, name, opts) for kind, (name, opts) in options.items()}
-    consumed = []
+    consumed, upcast = [], set()
     for role, module in modules.items():
-        state = {}
-        for key, param in module.state_dict().items():
+        # Check every name and shape first: a refused checkpoint leaves no half-loaded module behind.
+        targets = module.state_dict()  # references to the parameters and buffers
+        for key, param in targets.items():
             name = _release_key(role, key)
             is_flag = role == "quantizer" and key.endswith("._codebook.initted")
             expected = [1] if is_flag else list(param.shape)  # the vendored codebook keeps initted as [1] float
             if name not in tensors:
                 hint = " (strip the 'audio_tower.' prefix)" if "audio_tower." + name in tensors else ""
                 raise InputError(f"Missing tensor audio_tower.{name}, expected shape {expected}{hint}.")
-            got = tensors[name]
-            _check(name, got, expected)
-            state[key] = got.reshape(()).bool() if is_flag else got.to(param.dtype)
-            consumed.append(name)
-        module.load_state_dict(state, strict=True)
+            _check(name, tensors[name], expected)
+        # Then copy tensor by tensor (peak memory: the plugins plus one tensor, for lazy mappings).
+        with torch.no_grad():
+            for key, param in targets.items():
+                name = _release_key(role, key)
+                got = tensors[name]
+                if got.dtype != param.dtype and got.is_floating_point():
+                    upcast.add(str(got.dtype).replace("torch.", ""))
+                param.copy_(got.reshape(()).bool() if param.dtype == torch.bool else got)
+                consumed.append(name)
         module.eval()
+    if upcast:
+        notes.append(f"{'/'.join(sorted(upcast))} tensors converted to float32 (the plugins compute in float32)")
     placed = set(consumed)
     skipped = sorted(k for k in tensors if k not in placed and k.startswith(SKIPPED_PREFIX))
     unplaced = sorted(k for k in tensors if k not in placed and not k.startswith(SKIPPED_PREFIX))
