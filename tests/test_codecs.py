@@ -179,3 +179,18 @@ def test_codec_system_reconstructs_at_its_own_rate_for_the_harness(mimi_dir):
     assert rate == 24000 and abs(out.size - 24000) <= 24000 / 12.5
     assert extras["speech_tokens"] == 13 and len(extras["codes"]) == 13 and len(extras["codes"][0]) == 4
     assert extras["bits_per_token"] == pytest.approx(4 * 6)
+
+
+def test_every_codec_plugin_shares_the_one_base(codecs):
+    from taste_toolkit.plugins.codec.base import FrozenCodec
+
+    for name in registry.available("codec"):
+        assert issubclass(registry.get("codec", name), FrozenCodec), name
+    mimi = codecs["mimi"]
+    assert not any(p.requires_grad for p in mimi.model.parameters()) and not mimi.model.training
+    wav = 0.1 * torch.randn(16000, generator=torch.Generator().manual_seed(2))
+    resampled = mimi.prepare(wav.numpy(), 16000)  # the base resamples to the codec's 24 kHz
+    assert isinstance(resampled, torch.Tensor) and resampled.shape == (24000,)
+    assert torch.equal(mimi.prepare(resampled, 24000), resampled)
+    with pytest.raises(InputError, match=r"one mono waveform"):
+        mimi.prepare(torch.zeros(2, 100), 24000)

@@ -49,11 +49,7 @@ class CodecSystem(System):
         }
 
     def reconstruct(self, wav, sample_rate, text, utt_id, words=None):
-        import torchaudio.functional as AF
-
-        x = torch.as_tensor(np.asarray(wav, dtype=np.float32))
-        if sample_rate != self.codec.sample_rate:
-            x = AF.resample(x, sample_rate, self.codec.sample_rate)
+        x = self.codec.prepare(np.asarray(wav, dtype=np.float32), sample_rate)
         codes, lengths = self.codec.encode(x[None], torch.tensor([x.numel()]))
         out, out_lengths = self.codec.decode(codes, lengths)
         # Trim the codec's frame-rounding tail so durations compare with the source.

@@ -15,9 +15,8 @@ import pickle
 
 import torch
 
-from taste_toolkit.errors import ConfigError, InputError, MissingResourceError
-from taste_toolkit.interfaces import Codec
-from taste_toolkit.plugins.codec._transformers_codec import check_waveforms, pad_codes, pad_waves
+from taste_toolkit.errors import ConfigError, MissingResourceError
+from taste_toolkit.plugins.codec.base import FrozenCodec
 from taste_toolkit.registry import register
 
 HOW_TO_GET = (
@@ -38,7 +37,7 @@ def _find_checkpoint(model_dir):
 
 
 @register("codec", "speechtokenizer")
-class SpeechTokenizerCodec(Codec):
+class SpeechTokenizerCodec(FrozenCodec):
     """SpeechTokenizer from a local folder.
 
     Arguments
@@ -48,6 +47,8 @@ class SpeechTokenizerCodec(Codec):
     num_quantizers : int
         RVQ layers used (the paper's baseline: 2).
     """
+
+    display_name = "SpeechTokenizer"
 
     def __init__(self, model_dir: str = "", num_quantizers: int = 2):
         super().__init__()
@@ -63,7 +64,7 @@ class SpeechTokenizerCodec(Codec):
             raise MissingResourceError(f"No SpeechTokenizer config.json in {model_dir!r}. " + HOW_TO_GET)
         with open(config_path) as f:
             config = json.load(f)
-        self.model = SpeechTokenizer(config)
+        model = SpeechTokenizer(config)
         checkpoint = _find_checkpoint(model_dir)
         try:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -72,11 +73,9 @@ class SpeechTokenizerCodec(Codec):
                 f"Refused to load {checkpoint}: it holds pickled objects beyond tensors, which could run "
                 "code. Use the official SpeechTokenizer.pt (a plain state dict)."
             ) from err
-        self.model.load_state_dict(state)
-        self.model.eval().requires_grad_(False)
-        if not 1 <= int(num_quantizers) <= self.model.n_q:
-            raise ConfigError(f"SpeechTokenizer num_quantizers must be in [1, {self.model.n_q}], got {num_quantizers}.")
-        self._num_quantizers = int(num_quantizers)
+        model.load_state_dict(state)
+        self._freeze(model)
+        self._set_num_codebooks(num_quantizers, model.n_q)
         self._codebook_size = int(config["codebook_size"])
 
     @property
@@ -91,28 +90,9 @@ class SpeechTokenizerCodec(Codec):
     def codebook_size(self):
         return self._codebook_size
 
-    @property
-    def num_codebooks(self):
-        return self._num_quantizers
+    def _encode_one(self, wav):
+        codes = self.model.encode(wav.view(1, 1, -1), n_q=self.num_codebooks)  # (R, 1, T)
+        return codes[:, 0].transpose(0, 1)
 
-    @torch.no_grad()
-    def encode(self, wavs, wav_lengths):
-        """``(B, S)`` at :attr:`sample_rate` -> ``(codes (B, T, R), lengths (B,))``."""
-        check_waveforms(wavs, wav_lengths)
-        rows = []
-        for wav, n in zip(wavs, wav_lengths.tolist()):
-            codes = self.model.encode(wav[:n].view(1, 1, -1), n_q=self._num_quantizers)  # (R, 1, T)
-            rows.append(codes[:, 0].transpose(0, 1).long())
-        return pad_codes(rows, self.num_codebooks)
-
-    @torch.no_grad()
-    def decode(self, codes, code_lengths):
-        """``(B, T, R)`` codes -> ``(wavs (B, S), lengths (B,))``."""
-        if codes.dim() != 3 or codes.shape[2] != self.num_codebooks:
-            raise InputError(
-                f"SpeechTokenizer codes must be (B, T, {self.num_codebooks}), got {tuple(codes.shape)}"
-            )
-        rows = []
-        for c, n in zip(codes, code_lengths.tolist()):
-            rows.append(self.model.decode(c[:n].transpose(0, 1).unsqueeze(1)).reshape(-1))
-        return pad_waves(rows)
+    def _decode_one(self, codes):
+        return self.model.decode(codes.transpose(0, 1).unsqueeze(1))
