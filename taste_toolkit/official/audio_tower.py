@@ -21,9 +21,27 @@ Whisper config is ``whisper_config`` when given, else ``asr_config`` with the
 encoder and decoder layer counts read from the tensors (every other field of
 distil-large-v3 equals large-v3's). Shapes are then checked tensor by tensor.
 
-Numerics: the plugins run in float32 (bfloat16 tensors are upcast); the release's
-``dtype: bfloat16`` Whisper computes in bfloat16, so outputs at the release's
-size differ from it by bfloat16 rounding, not by the math.
+What matches the release (checked against the official-tiny fixture, 1e-4, codes
+exact): the key and value taps over the whole 30-s window, the decoder states and
+cross-attention, the word-averaged vectors at valid positions, ``project_in``, the
+codes (-1 at padding) and the quantized vectors at valid positions. Where the
+plugins differ, on purpose:
+
+* padded positions: the aggregator and the RVQ give zeros there; the release
+  leaves the decoder states of its padding ids and ``project_out(0)``;
+* the eval-mode commitment loss: the ``rvq`` plugin computes it, the release
+  returns 0 in eval;
+* a one-word transcript batched with longer ones: the release's run-based word
+  grouping may mix in (or skip averaging because of) padding; alone they agree
+  (see :mod:`taste_toolkit.plugins.aggregator.whisper_decoder`);
+* numerics: the plugins run in float32 (bfloat16 tensors are upcast); the
+  release's ``dtype: bfloat16`` Whisper computes in bfloat16, so at the release's
+  size outputs differ from it by bfloat16 rounding, not by the math.
+
+Inputs as the release builds them: Whisper large-v3 token ids of the transcript
+(first word without a leading space, later words with one, case kept), word
+ids per token, and 128-bin log-mels of the audio padded to 30 s (the ``whisper``
+encoder computes them from 16-kHz waveforms, or takes them via ``encode_features``).
 """
 
 import logging
@@ -70,7 +88,9 @@ QUANTIZER_FIXED = {"heads": 1, "use_cosine_sim": False, "shared_codebook": False
 
 def _tower_section(config):
     if not isinstance(config, Mapping):
-        raise ConfigError(f"build_audio_tower expects the release's config.json as a dict, got {type(config).__name__}.")
+        raise ConfigError(
+            f"build_audio_tower expects the release's config.json as a dict, got {type(config).__name__}."
+        )
     tower = config.get("audio_tower_config", config)
     if not isinstance(tower, Mapping):
         raise ConfigError(f"audio_tower_config must be a dict, got {tower!r}.")

@@ -149,7 +149,8 @@ class WhisperDecoderAggregator(Aggregator):
             raise ConfigError(f"word_pooling must be one of {WORD_POOLINGS}, got {word_pooling!r}.")
         if attention_implementation not in ATTENTION_IMPLEMENTATIONS:
             raise ConfigError(
-                f"attention_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {attention_implementation!r}."
+                f"attention_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
+                f"got {attention_implementation!r}."
             )
         self.d_model = int(d_model or key_dim)
         self.key_dim, self.value_dim = int(key_dim), int(value_dim or self.d_model)
@@ -211,7 +212,9 @@ class WhisperDecoderAggregator(Aggregator):
                 "Split the utterance into shorter segments."
             )
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
-            raise InputError(f"Token ids must be in [0, {self.vocab_size}); got [{int(tokens.min())}, {int(tokens.max())}].")
+            raise InputError(
+                f"Token ids must be in [0, {self.vocab_size}); got [{int(tokens.min())}, {int(tokens.max())}]."
+            )
         parts = [self.prompt_ids.expand(b, p), tokens.long()]
         if e:
             parts.append(tokens.new_full((b, 1), self.eos_id).long())
