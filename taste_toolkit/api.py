@@ -138,7 +138,7 @@ class TasteTokenizer(TokenizerBase):
     @property
     def has_codes(self):
         q = self.model.quantizer
-        return q is not None and getattr(q, "num_quantizers", 0) > 0 and self.model.aggregator.output_dim > 0
+        return q is not None and q.num_quantizers > 0 and self.model.aggregator.output_dim > 0
 
     def _level(self):
         agg = self.model.aggregator
@@ -146,16 +146,16 @@ class TasteTokenizer(TokenizerBase):
             return "none"
         if getattr(agg, "word_pooling", None) == "mean":
             return "word"
-        return "frame" if getattr(agg, "needs_audio", False) and not hasattr(agg, "word_pooling") else "token"
+        return "frame" if agg.needs_audio and not hasattr(agg, "word_pooling") else "token"
 
     def _info(self):
         """Code geometry for :meth:`info` (zeros for models without codes)."""
         q = self.model.quantizer
         return {
             "speech_token_level": self._level(),
-            "num_quantizers": getattr(q, "num_quantizers", 0) if self.has_codes else 0,
-            "codebook_size": getattr(q, "codebook_size", 0) if self.has_codes else 0,
-            "bits_per_speech_token": float(getattr(q, "bits_per_vector", 0.0)) if self.has_codes else 0.0,
+            "num_quantizers": q.num_quantizers if self.has_codes else 0,
+            "codebook_size": q.codebook_size if self.has_codes else 0,
+            "bits_per_speech_token": float(q.bits_per_vector) if self.has_codes else 0.0,
         }
 
     # ------------------------------------------------------------ save / load
@@ -337,7 +337,7 @@ class TasteTokenizer(TokenizerBase):
             if any(t.speaker is None for t in batch):
                 raise InputError("This decoder needs the tokens' speaker vector; encode with this model.")
             spk = torch.stack([t.speaker for t in batch]).to(self.device)
-        if getattr(self.model.decoder, "needs_word_ids", False):
+        if self.model.decoder.needs_word_ids:
             generate_options = dict(generate_options, word_ids=word_ids)
         if word_starts and self.walks_words:
             units, lengths, starts = self.model.decoder.generate(text, text_lengths, dec_speech, dec_lengths, spk,
