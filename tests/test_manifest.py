@@ -94,3 +94,59 @@ def test_write_manifest_refuses_rows_with_other_keys(tmp_path):
         write_manifest(tmp_path / "m.csv", [])
     write_manifest(tmp_path / "m.csv", [], columns=["ID", "wav"])
     assert read_manifest(tmp_path / "m.csv") == []
+
+
+# ---------------------------------------------------------------- the callers use it
+
+
+def test_taste_tokenize_reads_through_it(tmp_path):
+    from taste_toolkit.commands.tokenize import read_manifest as tokenize_manifest
+
+    path = tmp_path / "m.csv"
+    path.write_text("ID,wav,wrd\n u1 , a.wav ,hello\nu2,/abs/b.wav,\n")
+    items = tokenize_manifest(str(path))
+    assert [(i.id, i.wav, i.text) for i in items] == [("u1", str(tmp_path / "a.wav"), "hello"),
+                                                      ("u2", "/abs/b.wav", "")]
+    with pytest.raises(MissingManifestError, match=r"^--manifest '.*nope.csv' does not exist\."):
+        tokenize_manifest(str(tmp_path / "nope.csv"))
+    path.write_text("ID,wav,wrd\nu1,a.wav,hi\nu2,b.wav\n")
+    with pytest.raises(InputError, match=r"^--manifest .*line 3 has 2 fields"):
+        tokenize_manifest(str(path))
+
+
+def test_taslm_token_cache_reads_through_it(tmp_path):
+    from taste_toolkit.taslm.data import encode_manifest
+
+    # the manifest is read before the tokenizer is used: None is never touched
+    with pytest.raises(MissingResourceError, match=r"does not exist\. Run the stage-1 recipe first"):
+        encode_manifest(None, str(tmp_path / "train.csv"), str(tmp_path / "cache"))
+    path = tmp_path / "train.csv"
+    path.write_text("ID,wav\nu1,a.wav\n")
+    with pytest.raises(ManifestError, match=r"lacks column\(s\) \['wrd'\]"):
+        encode_manifest(None, str(path), str(tmp_path / "cache"))
+
+
+def test_evaluation_set_reads_through_it(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from taste_toolkit.evaluation.data import load_eval_set
+
+    sf.write(tmp_path / "a.wav", np.zeros(160, dtype=np.float32), 16000)
+    path = tmp_path / "test.csv"
+    path.write_text("ID,duration,wav\nu1,0.01,a.wav\n")
+    (utt,) = load_eval_set(manifest=str(path))
+    assert (utt.id, utt.path, utt.text) == ("u1", str(tmp_path / "a.wav"), "")
+    path.write_text("ID,wav,wrd\nu1,a.wav, hi \nu1,a.wav,hi\n")  # duplicates: listed by the evaluation set
+    with pytest.raises(InputError, match=r"duplicate utterance IDs \['u1'\]"):
+        load_eval_set(manifest=str(path))
+    path.write_text("ID,path\nu1,a.wav\n")
+    with pytest.raises(ManifestError, match=r"lacks column\(s\) \['wav'\]"):
+        load_eval_set(manifest=str(path))
+
+
+def test_unit_cache_uses_the_same_reader():
+    import taste_toolkit.data.manifest as manifest
+    import taste_toolkit.data.unit_cache as unit_cache
+
+    assert unit_cache.read_manifest is manifest.read_manifest

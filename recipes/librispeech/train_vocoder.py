@@ -33,7 +33,8 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from taste_toolkit.audio import load_audio
 from taste_toolkit.data.corpus_preparation import prepare_corpus  # same data preparation as the tokenizer recipe
-from taste_toolkit.data.unit_cache import load_units, prepare_units, read_manifest
+from taste_toolkit.data.manifest import read_manifest
+from taste_toolkit.data.unit_cache import load_units, prepare_units
 from taste_toolkit.errors import ConfigError, InputError
 from taste_toolkit.utils import relative_to_absolute
 

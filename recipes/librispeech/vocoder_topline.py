@@ -88,7 +88,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
 
     from taste_toolkit.audio import load_audio
-    from taste_toolkit.data.unit_cache import load_fitted_extractor, load_units, read_manifest
+    from taste_toolkit.data.manifest import read_manifest
+    from taste_toolkit.data.unit_cache import load_fitted_extractor, load_units
     from taste_toolkit.metrics.asr import OfflineASR, word_error_rate
     from taste_toolkit.plugins.vocoder.griffin_lim import GriffinLimVocoder
     from taste_toolkit.plugins.vocoder.unit_to_spec import UnitToSpecVocoder

@@ -33,7 +33,6 @@ order, merges the error files, and deletes the shards. Without ``--manifest``/
 every item succeeded on its first attempt.
 """
 
-import csv
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ import re
 from collections import namedtuple
 
 from taste_toolkit.commands import add_model_arguments, encoder_sample_rate, is_text_aligned, load_tokenizer, MAX_SECONDS
+from taste_toolkit.data.manifest import read_manifest as read_csv_manifest
 from taste_toolkit.errors import InputError, TasteError
 
 logger = logging.getLogger(__name__)
@@ -58,26 +58,19 @@ MANIFEST_COLUMNS = ("ID", "wav", "wrd")
 def read_manifest(path):
     """Items of a SpeechBrain CSV manifest with columns ``ID, wav, wrd`` (others ignored).
 
-    Relative ``wav`` paths are taken relative to the manifest's folder.
+    Read with :func:`taste_toolkit.data.manifest.read_manifest` (its errors name
+    ``--manifest``). Relative ``wav`` paths are taken relative to the manifest's
+    folder.
     """
-    if not os.path.isfile(path):
-        raise InputError(f"--manifest {path!r} does not exist.")
+    source = f"--manifest {path!r}"
+    rows = read_csv_manifest(path, columns=MANIFEST_COLUMNS, source=source,
+                             missing_hint="Give the path of a SpeechBrain CSV with columns ID, wav and wrd.")
     base = os.path.dirname(os.path.abspath(path))
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in MANIFEST_COLUMNS if c not in columns]
-        if missing:
-            raise InputError(
-                f"--manifest {path!r} lacks column(s) {missing}; it has {columns}. Expected a SpeechBrain CSV "
-                "with ID, wav and wrd (as written by recipes/librispeech/librispeech_prepare.py)."
-            )
-        items = []
-        for row in reader:
-            row = {(k or "").strip(): v for k, v in row.items()}
-            wav = (row["wav"] or "").strip()
-            items.append(Item(row["ID"].strip(), os.path.join(base, wav) if wav else "", row["wrd"] or ""))
-    return _check_unique(items, f"--manifest {path!r}")
+    items = []
+    for row in rows:
+        wav = row["wav"].strip()
+        items.append(Item(row["ID"].strip(), os.path.join(base, wav) if wav else "", row["wrd"]))
+    return _check_unique(items, source)  # IDs that differ only by surrounding spaces
 
 
 def _check_unique(items, source):

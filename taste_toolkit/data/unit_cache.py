@@ -24,7 +24,6 @@ temporary name and renamed (atomic); a file that fails to load or whose
 checksum does not match is rebuilt with a warning.
 """
 
-import csv
 import hashlib
 import json
 import logging
@@ -34,6 +33,7 @@ import tempfile
 import torch
 
 from taste_toolkit.audio import load_audio
+from taste_toolkit.data.manifest import read_manifest
 from taste_toolkit.errors import ConfigError, DataPreparationError, InputError
 
 logger = logging.getLogger(__name__)
@@ -44,25 +44,6 @@ FORMAT_VERSION = "1"
 # --------------------------------------------------------------------------
 # Manifests and audio
 # --------------------------------------------------------------------------
-
-
-def read_manifest(path):
-    """Rows ``[{ID, wav, duration, ...}]`` of a SpeechBrain CSV, checked."""
-    if not os.path.isfile(path):
-        raise DataPreparationError(f"Manifest {path!r} does not exist; run data preparation first.")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if rows and not {"ID", "wav"} <= set(rows[0]):
-        raise DataPreparationError(
-            f"Manifest {path!r} must have columns ID and wav (SpeechBrain style: "
-            f"ID, duration, wav, spk_id, wrd); found {sorted(rows[0])}."
-        )
-    seen = set()
-    for row in rows:
-        if row["ID"] in seen:
-            raise DataPreparationError(f"Manifest {path!r} lists ID {row['ID']!r} twice.")
-        seen.add(row["ID"])
-    return rows
 
 
 def _manifest_digest(path, rows):

@@ -15,12 +15,12 @@ empty transcript is kept (systems and metrics that need text report it as
 missing / not scored, with that reason).
 """
 
-import csv
 import json
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+from taste_toolkit.data.manifest import read_manifest
 from taste_toolkit.errors import InputError
 
 
@@ -65,12 +65,8 @@ def _read_metadata(path):
 
 def _read_manifest(path):
     folder = os.path.dirname(os.path.abspath(path))
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"ID", "wav"} - set(reader.fieldnames or ())
-        if missing:
-            raise InputError(f"{path}: manifest needs columns ID and wav (and wrd); missing {sorted(missing)}.")
-        return [(r["ID"], _resolve(r["wav"], folder) or r["wav"], (r.get("wrd") or "").strip(), None) for r in reader]
+    rows = read_manifest(path, columns=("ID", "wav"), unique_ids=False)  # duplicates: listed by load_eval_set
+    return [(r["ID"], _resolve(r["wav"], folder) or r["wav"], (r.get("wrd") or "").strip(), None) for r in rows]
 
 
 def load_eval_set(metadata=None, manifest=None, limit=0, ids=None):

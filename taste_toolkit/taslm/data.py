@@ -5,7 +5,6 @@ they are computed with ``TasteTokenizer.encode`` once per (tokenizer, manifest)
 and stored as plain tensors (``results/prepared/taslm_tokens/<split>_<key>.pt``).
 """
 
-import csv
 import logging
 import os
 
@@ -13,10 +12,15 @@ import torch
 from tqdm import tqdm
 
 from taste_toolkit.audio import load_audio
-from taste_toolkit.errors import ConfigError, InputError, MissingResourceError
+from taste_toolkit.data.manifest import read_manifest
+from taste_toolkit.errors import ConfigError, InputError
 from taste_toolkit.utils import stable_hash
 
 logger = logging.getLogger(__name__)
+
+#: What to do when a manifest is missing (raised as a MissingManifestError, a MissingResourceError).
+MISSING_MANIFEST_HINT = ("Run the stage-1 recipe first (python recipes/librispeech/train.py hparams/taste.yaml), "
+                         "which prepares the corpus and its manifests.")
 
 
 def word_level_codes(tokens):
@@ -37,17 +41,6 @@ def word_level_codes(tokens):
     raise ConfigError(f"TASLM needs word- or token-level TASTE tokens, got level {tokens.level!r}.")
 
 
-def read_manifest(path):
-    """Rows of a LibriSpeech-style manifest (``ID, duration, wav, spk_id, wrd``)."""
-    if not os.path.isfile(path):
-        raise MissingResourceError(
-            f"Manifest {path} not found. Run the stage-1 recipe first "
-            "(python recipes/librispeech/train.py hparams/taste.yaml), which prepares the corpus and its manifests."
-        )
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
 @torch.no_grad()
 def encode_manifest(tokenizer, manifest, cache_dir, batch_size=8):
     """Word-level TASTE codes of every utterance of ``manifest`` (cached).
@@ -57,7 +50,7 @@ def encode_manifest(tokenizer, manifest, cache_dir, batch_size=8):
     list of dict
         ``{"id", "spk_id", "words" (list of str), "codes" (W, R) long}`` in manifest order.
     """
-    rows = read_manifest(manifest)
+    rows = read_manifest(manifest, columns=("ID", "wav", "wrd"), missing_hint=MISSING_MANIFEST_HINT)
     key = stable_hash([tokenizer.fingerprint, [(r["ID"], r["wav"], r["wrd"]) for r in rows]])
     name = os.path.splitext(os.path.basename(manifest))[0]
     path = os.path.join(cache_dir, f"{name}_{key}.pt")

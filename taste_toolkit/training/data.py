@@ -54,12 +54,9 @@ def compute_speaker_vectors(speaker, manifests, cache_dir, sample_rate=16000):
     """
     if speaker is None or speaker.embedding_dim == 0:
         return None
-    import csv
+    from taste_toolkit.data.manifest import read_manifest
 
-    rows = []
-    for path in manifests.values():
-        with open(path) as f:
-            rows += list(csv.DictReader(f))
+    rows = [row for path in manifests.values() for row in read_manifest(path, columns=("ID", "wav", "duration"))]
     key = stable_hash([type(speaker).__name__, speaker.embedding_dim, [(r["ID"], r["wav"], r["duration"]) for r in rows]])
     file = os.path.join(cache_dir, f"speaker_{key}.pt")
     if os.path.exists(file):
