@@ -19,6 +19,10 @@ def configure_import_official(parser):
     parser.add_argument("--whisper-tokenizer", default=None, metavar="DIR",
                         help="Whisper large-v3 tokenizer (folder with tokenizer.json, or hub id); the release ships "
                         "none (default: SRC/whisper_tokenizer, else openai/whisper-large-v3 from the hub cache)")
+    parser.add_argument("--speaker-model", default=None, metavar="ONNX",
+                        help="CAM++ speaker model (default: SRC/cosyvoice/speaker_embed.onnx when present)")
+    parser.add_argument("--units-model", default=None, metavar="ONNX",
+                        help="S3 speech tokenizer (default: SRC/cosyvoice/speech_tokenizer_v1.onnx when present)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="dtype the TASLM backbone runs in (default: float32; the release ran bfloat16)")
     parser.add_argument("--revision", default=None, help="hub revision of SRC (hub ids only)")
@@ -33,7 +37,10 @@ def run_import_official(args):
 
     report = import_official(args.src, args.out, parts=(args.only,) if args.only else PARTS, dtype=args.dtype,
                              whisper_tokenizer=args.whisper_tokenizer, overwrite=args.overwrite,
-                             verify=not args.no_verify, revision=args.revision)
+                             verify=not args.no_verify, revision=args.revision,
+                             speaker=("campplus", {"model_path": args.speaker_model, "normalize": True})
+                             if args.speaker_model else None,
+                             units=("s3", {"model_path": args.units_model}) if args.units_model else None)
     summary = {"output": report["output"], "counts": report["counts"], "taslm": report.get("taslm"),
                "notes": report["notes"], "seconds": report["seconds"],
                "peak_memory_estimate_gib": round(report["peak_memory_estimate_bytes"] / 2 ** 30, 3),

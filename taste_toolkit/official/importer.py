@@ -108,7 +108,39 @@ def _whisper_text_tokenizer(source, folder, asr_config):
     return tok
 
 
-def _build_tokenizer(ckpt, config, out_folder, whisper_tokenizer, whisper_config, report):
+def _runtime_component(kind, spec, default_name, default_file, src_folder, out_folder, report):
+    """A ``units``/``speaker`` plugin from ``spec`` ``(name, options)`` or the release's ONNX file.
+
+    A ``model_path`` file is copied into ``<tokenizer>/<role>/`` and referenced as
+    ``"./<file>"`` so the folder stays self-contained. None when there is nothing to use.
+    """
+    import shutil
+
+    from taste_toolkit.registry import build
+
+    if spec is None:
+        path = os.path.join(src_folder, "cosyvoice", default_file)
+        if not os.path.isfile(path):
+            report["notes"].append(f"no {kind} model: {path} is absent" + (
+                " (encode/decode need a speaker vector: pass speaker=... or add the file)" if kind == "speaker" else ""))
+            return None
+        spec = (default_name, {"model_path": path, **({"normalize": True} if kind == "speaker" else {})})
+    name, options = spec[0], dict(spec[1])
+    local = None
+    if options.get("model_path"):
+        role_dir = os.path.join(out_folder, "units" if kind == "units" else kind)
+        os.makedirs(role_dir, exist_ok=True)
+        local = os.path.basename(options["model_path"])
+        shutil.copyfile(options["model_path"], os.path.join(role_dir, local))
+        options["model_path"] = os.path.join(role_dir, local)
+    obj = build(kind, name, options)
+    if local is not None:
+        obj.build_spec["options"]["model_path"] = "./" + local
+    return obj
+
+
+def _build_tokenizer(ckpt, config, out_folder, whisper_tokenizer, whisper_config, report, speaker=None,
+                     units=None):
     """Build and save the stage-1 tokenizer; returns its fingerprint."""
     from taste_toolkit.api import TasteTokenizer
     from taste_toolkit.models.tokenizer import TasteModel
@@ -121,9 +153,12 @@ def _build_tokenizer(ckpt, config, out_folder, whisper_tokenizer, whisper_config
             "tokenizer", skip_reason="vq.rvq.mlps.* (implicit neural codebook MLPs) are unused by the release")
     decoder = build_speech_decoder(config, ckpt.tensors("speech_decoder."))
     _record(report, "speech_decoder.", decoder["consumed"], [], decoder["skipped"], "tokenizer")
+    speaker = _runtime_component("speaker", speaker, "campplus", "speaker_embed.onnx", ckpt.folder, out_folder,
+                                 report)
+    units = _runtime_component("units", units, "s3", "speech_tokenizer_v1.onnx", ckpt.folder, out_folder, report)
     model = TasteModel(tower["encoder"], tower["aggregator"], tower["quantizer"], decoder["decoder"],
-                       text_tokenizer=text)
-    tok = TasteTokenizer(model, text)
+                       text_tokenizer=text, speaker=speaker)
+    tok = TasteTokenizer(model, text, units=units, speaker=speaker)
     tok.save_pretrained(out_folder)
     report["notes"] += [f"audio tower: {n}" for n in tower.get("notes", [])]
     return tok.fingerprint
@@ -155,7 +190,7 @@ def _summary(ckpt, report):
 
 
 def import_official(src, out, parts=PARTS, dtype="float32", whisper_tokenizer=None, whisper_config=None,
-                    overwrite=False, verify=True, revision=None):
+                    overwrite=False, verify=True, revision=None, speaker=None, units=None):
     """Import the official release into ``out`` (see the module docstring).
 
     Arguments
@@ -174,6 +209,13 @@ def import_official(src, out, parts=PARTS, dtype="float32", whisper_tokenizer=No
         The tower Whisper's config, if ``asr_config`` + tensor shapes are not enough.
     verify : bool
         Reload the written folders before publishing them.
+    speaker, units : tuple, optional
+        ``(plugin name, options)`` of the speaker / units components; default: the
+        release's ``cosyvoice/speaker_embed.onnx`` (``campplus``, normalized as the release
+        does) and ``cosyvoice/speech_tokenizer_v1.onnx`` (``s3``) when present. Model
+        files named by ``model_path`` are copied into the tokenizer folder. The release's
+        ``cosyvoice/voice_generator.pth`` is a pickle and is not used (no vocoder: decode
+        gives units).
 
     Returns
     -------
@@ -226,7 +268,7 @@ def import_official(src, out, parts=PARTS, dtype="float32", whisper_tokenizer=No
         fingerprint = None
         if "tokenizer" in parts:
             fingerprint = _build_tokenizer(ckpt, config, os.path.join(tmp, "tokenizer"), whisper_tokenizer,
-                                           whisper_config, report)
+                                           whisper_config, report, speaker=speaker, units=units)
         if taslm_plan:
             _import_taslm(ckpt, taslm_plan, tmp, folder, dtype, fingerprint, "tokenizer" in parts, report)
         report["counts"] = _summary(ckpt, report)
