@@ -168,3 +168,43 @@ def test_generation_runs_on_the_imported_layout(imported):
     codes = torch.zeros(2, model.codebook.num_quantizers, dtype=torch.long)
     result = generate(model, WORDS[:2], codes, GenerationConfig(max_new_words=3))
     assert len(result.words) == result.codes.shape[0] >= 3
+
+
+def test_finetune_yaml_loads():
+    import os
+
+    from taste_toolkit.hparams_loader import load_hparams
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    hparams, _, _ = load_hparams(os.path.join(root, "hparams", "official", "taslm_finetune.yaml"),
+                                 {"output_folder": "/tmp/unused"})
+    assert hparams["task"] == "taslm" and hparams["backbone_source"].endswith("/taslm")
+    assert hparams["lora"]["r"] == 64 and hparams["lora"]["alpha"] == 128
+    assert hparams["lm_head_name"] == "taste_embedding" and hparams["delay"] == 1
+
+
+def test_finetune_starts_from_the_imported_weights(imported, tmp_path):
+    """build_taslm with the imported folder as backbone_source (what the fine-tune YAML does)."""
+    from taste_toolkit.errors import ConfigError
+    from taste_toolkit.taslm.codebook import SpeechCodebook
+    from taste_toolkit.taslm.model import build_taslm
+
+    _, report, model = imported
+    folder = report["output"] + "/taslm"
+    codebook = SpeechCodebook(model.codebook.codebooks)
+    lora = dict(model.config["lora"])
+    tuned = build_taslm(folder, codebook, model.config["head_name"], lora=lora, delay=1, text_weight=0.5,
+                        taste_weight=0.5, tokenizer_folder="somewhere")
+    want = model.trainable_state_dict()
+    got = tuned.trainable_state_dict()
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert tuned.config["tokenizer_folder"] == "somewhere" and tuned.config["initialized_from"].endswith("taslm")
+    tuned.save_pretrained(str(tmp_path / "tuned"))
+    again = TaslmModel.from_pretrained(str(tmp_path / "tuned"))
+    assert again.speech_input == "project_out" and again.bridge.end == "pad"
+    with pytest.raises(ConfigError, match="head_name"):
+        build_taslm(folder, codebook, "other_head", lora=lora)
+    with pytest.raises(ConfigError, match="lora.r"):
+        build_taslm(folder, codebook, model.config["head_name"], lora={**lora, "r": 3})
+    with pytest.raises(ConfigError, match="codebooks differ"):
+        build_taslm(folder, SpeechCodebook(model.codebook.codebooks + 1), model.config["head_name"])
