@@ -226,6 +226,39 @@ def _type_ok(value, annotation):
     return True
 
 
+def select_block(kind, name, blocks):
+    """Options of plugin ``name`` from per-plugin ``blocks`` (``<kind>_options`` in YAML).
+
+    Arguments
+    ---------
+    kind, name : str
+        Which plugin (``kind`` is used in messages only).
+    blocks : dict
+        ``{plugin_name: options}``; a missing or empty block means no options.
+
+    Returns
+    -------
+    dict
+        A copy of the block of ``name``.
+
+    Raises
+    ------
+    ConfigError
+        ``blocks`` is not a mapping of mappings, e.g. flat options
+        (``{n_iter: 32}`` instead of ``{griffin_lim: {n_iter: 32}}``).
+    """
+    if not isinstance(blocks, Mapping):
+        raise ConfigError(f"{kind}_options must be a mapping {{plugin_name: {{options}}}}, got {blocks!r}.")
+    for key, block in blocks.items():
+        if block is not None and not isinstance(block, Mapping):
+            raise ConfigError(
+                f"{kind}_options must map each plugin name to its block of options; key {key!r} holds "
+                f"{block!r}. Write the options under the plugin's name, e.g. "
+                f"{kind}_options: {{{name}: {{{key}: {block!r}}}}}."
+            )
+    return dict(blocks.get(name) or {})
+
+
 def build(kind, name, options=None, blocks=None, **extra):
     """Instantiate plugin ``name`` of ``kind`` with validated options.
 
@@ -254,9 +287,7 @@ def build(kind, name, options=None, blocks=None, **extra):
     if options is not None and blocks is not None:
         raise ConfigError("Pass either options or blocks to build(), not both.")
     if blocks is not None:
-        if not isinstance(blocks, Mapping):
-            raise ConfigError(f"{kind} option blocks must be a mapping, got {blocks!r}.")
-        options = blocks.get(name) or {}
+        options = select_block(kind, name, blocks)
     if options is not None and not isinstance(options, Mapping):
         raise ConfigError(f"Options of {kind} plugin {name!r} must be a mapping, got {options!r}.")
     options = dict(options or {})

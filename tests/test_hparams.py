@@ -119,3 +119,23 @@ def test_missing_base_is_a_clear_error(tmp_path):
     f.write_text("base: nowhere.yaml\noverrides: {a: 1}\n")
     with pytest.raises(ConfigError, match="nowhere.yaml"):
         resolve_hparams_file(str(f))
+
+
+def test_vocoder_options_are_per_plugin_blocks(tmp_path):
+    """taste.yaml keeps one vocoder block per plugin; the export builds the chosen one from it."""
+    import torch
+
+    from taste_toolkit.training.export import build_vocoder
+
+    hparams, _, _ = load_hparams(os.path.join(ROOT, "hparams", "taste.yaml"), tiny_overrides(tmp_path))
+    blocks = hparams["vocoder_options"]
+    assert set(blocks) == {"griffin_lim", "unit_to_spec"} and blocks["griffin_lim"] == {"n_iter": 32}
+    units = hparams["units"]
+    g = torch.Generator().manual_seed(0)
+    units.fit([0.1 * torch.randn(64000, generator=g) for _ in range(3)])  # >= 256 unit frames
+    vocoder = build_vocoder(hparams["vocoder_name"], blocks, units)
+    assert vocoder.registry_name == "griffin_lim" and vocoder.options["n_iter"] == 32
+    with pytest.raises(ConfigError, match="griffin_lim: {n_iter: 32}"):
+        build_vocoder("griffin_lim", {"n_iter": 32}, units)  # the old flat form
+    with pytest.raises(ConfigError, match="unit_to_spec: {checkpoint"):
+        build_vocoder("unit_to_spec", blocks, units)

@@ -155,6 +155,17 @@ def test_options_and_blocks_are_exclusive(toy):
         build("speaker", "toy_test", blocks=[("toy_test", {})])
 
 
+def test_flat_options_given_as_blocks_are_a_clear_error(toy):
+    # vocoder_options: {n_iter: 32} (the old flat form) must not silently drop n_iter.
+    with pytest.raises(ConfigError) as info:
+        build("speaker", "toy_test", blocks={"dim": 3})
+    message = str(info.value)
+    assert "key 'dim' holds 3" in message and "speaker_options: {toy_test: {dim: 3}}" in message
+    assert registry.select_block("vocoder", "griffin_lim", {"griffin_lim": {"n_iter": 4}, "unit_to_spec": None}) == {
+        "n_iter": 4}
+    assert registry.select_block("vocoder", "griffin_lim", {"unit_to_spec": {}}) == {}
+
+
 # ------------------------------------------------------------------ blocks and extras
 
 

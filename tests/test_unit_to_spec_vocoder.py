@@ -213,9 +213,9 @@ def test_fit_caches_by_fingerprint_and_refuses_other_units(extractor, manifest, 
 
     from taste_toolkit.training.export import build_vocoder
 
-    assert build_vocoder("unit_to_spec", {"checkpoint": path, "n_iter": 3}, extractor).options["n_iter"] == 3
+    assert build_vocoder("unit_to_spec", {"unit_to_spec": {"checkpoint": path, "n_iter": 3}}, extractor).options["n_iter"] == 3
     with pytest.raises(ConfigError, match="fingerprint"):
-        build_vocoder("unit_to_spec", {"checkpoint": path}, other_fit)
+        build_vocoder("unit_to_spec", {"unit_to_spec": {"checkpoint": path}}, other_fit)
     with pytest.raises(ConfigError, match="checkpoint"):
         build_vocoder("unit_to_spec", {}, extractor)
 

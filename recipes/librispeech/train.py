@@ -46,17 +46,19 @@ def run_stage(hparams, run_opts, encoder_cache=None):
         kwargs=dict(extractor=hparams["units"], manifests=splits, cache_dir=os.path.join(hparams["prep_folder"], "units"), fit_split=train),
     )
     units = {s: load_units(p) for s, p in unit_files.items()}
-    if hparams.get("vocoder_name") == "unit_to_spec" and not (hparams.get("vocoder_options") or {}).get("checkpoint"):
+    vocoder_blocks = dict(hparams.get("vocoder_options") or {})
+    if hparams.get("vocoder_name") == "unit_to_spec" and not (vocoder_blocks.get("unit_to_spec") or {}).get("checkpoint"):
         # The exported vocoder is trained on the training split's units once, cached by their fingerprint.
         from taste_toolkit.training.unit_vocoder import fit_unit_vocoder
 
         checkpoint = run_on_main(fit_unit_vocoder, kwargs=dict(
             extractor=hparams["units"], manifest=splits[train], unit_file=unit_files[train],
             cache_dir=os.path.join(hparams["prep_folder"], "vocoder"), **hparams.get("unit_vocoder_training", {})))
-        hparams["vocoder_options"] = {**(hparams.get("vocoder_options") or {}), "checkpoint": checkpoint}
+        vocoder_blocks["unit_to_spec"] = {**(vocoder_blocks.get("unit_to_spec") or {}), "checkpoint": checkpoint}
+        hparams["vocoder_options"] = vocoder_blocks
     speakers = compute_speaker_vectors(hparams["speaker"], splits, os.path.join(hparams["prep_folder"], "speaker"))
     word_starts = None
-    if any(getattr(hparams[m], "needs_unit_word_ids", False) for m in ("decoder", "aggregator")):
+    if any(hparams[m].needs_unit_word_ids for m in ("decoder", "aggregator")):
         from taste_toolkit.data.word_alignment import split_word_starts
 
         # The decoder (or the oracle aggregator) uses the word of every unit: read the corpus' word times.

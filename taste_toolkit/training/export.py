@@ -4,40 +4,51 @@ import logging
 
 from taste_toolkit.api import TasteTokenizer
 from taste_toolkit.errors import ConfigError
-from taste_toolkit.registry import build
+from taste_toolkit.registry import build, select_block
 
 logger = logging.getLogger(__name__)
 
 
-def build_vocoder(name, options, units):
+def build_vocoder(name, blocks, units):
     """The vocoder to ship with the tokenizer, or None.
 
+    Arguments
+    ---------
+    name : str
+        Vocoder plugin (``vocoder_name``); empty: no vocoder.
+    blocks : dict
+        Per-plugin options, ``vocoder_options: {plugin_name: {...}}`` as for every
+        other kind; only the block of ``name`` is used.
+    units : UnitExtractor
+        The fitted unit extractor the vocoder must match.
+
     ``griffin_lim`` is derived from the fitted unit extractor's table (no training);
-    ``unit_to_spec`` is loaded from ``options["checkpoint"]`` (trained by
+    ``unit_to_spec`` is loaded from its block's ``checkpoint`` (trained by
     :func:`taste_toolkit.training.unit_vocoder.fit_unit_vocoder`) and must match ``units``;
-    any other registered vocoder is built from ``options`` (its weights must come
-    with it, e.g. ``unit_hifigan`` trained by ``train_vocoder.py``).
+    any other registered vocoder is built by ``registry.build(kind="vocoder", name=name,
+    blocks=blocks)`` (its weights must come with it, e.g. ``unit_hifigan`` trained by
+    ``train_vocoder.py``).
     """
     if not name:
         return None
     if name == "griffin_lim":
         from taste_toolkit.plugins.vocoder.griffin_lim import GriffinLimVocoder
 
-        return GriffinLimVocoder.from_units_extractor(units, **(options or {}))
+        return GriffinLimVocoder.from_units_extractor(units, **select_block("vocoder", name, blocks or {}))
     if name == "unit_to_spec":
         from taste_toolkit.plugins.vocoder.unit_to_spec import UnitToSpecVocoder
 
-        options = dict(options or {})
+        options = select_block("vocoder", name, blocks or {})
         checkpoint = options.pop("checkpoint", None)
         if not checkpoint:
             raise ConfigError(
-                "vocoder unit_to_spec needs vocoder_options: {checkpoint: <file>}, the file written by "
-                "taste_toolkit.training.unit_vocoder.fit_unit_vocoder during data preparation."
+                "vocoder unit_to_spec needs vocoder_options: {unit_to_spec: {checkpoint: <file>}}, the file "
+                "written by taste_toolkit.training.unit_vocoder.fit_unit_vocoder during data preparation."
             )
         vocoder = UnitToSpecVocoder.from_pretrained(checkpoint, **options)
         vocoder.check_units(units)  # refuses a vocoder trained for other units
         return vocoder
-    return build("vocoder", name, options or {})
+    return build(kind="vocoder", name=name, blocks=blocks or {})
 
 
 def export_tokenizer(hparams, folder):

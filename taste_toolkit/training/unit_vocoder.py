@@ -6,7 +6,7 @@ cores for the embedded corpus)::
     from taste_toolkit.training.unit_vocoder import fit_unit_vocoder
     path = fit_unit_vocoder(hparams["units"], manifests[train], os.path.join(prep_folder, "vocoder"),
                             unit_file=unit_files[train])
-    vocoder = UnitToSpecVocoder.from_pretrained(path)   # or vocoder_options: {checkpoint: path}
+    vocoder = UnitToSpecVocoder.from_pretrained(path)   # or vocoder_options: {unit_to_spec: {checkpoint: path}}
 
 Training: random crops of ``crop_units`` units of the training utterances, the
 network predicts their log-magnitude STFT frames and is trained with L1 on the
