@@ -67,7 +67,8 @@ def reference(release, words, codes):
             text.append(t["spoken_lm.pad_text_unit_embed"])
         audio.append(rvq_out(codes[src]) if src >= 0 else t["spoken_lm.pad_audio_unit_embed"])
     w = torch.softmax(t["spoken_lm.fuse_for_bridge_in_llm.weights"], 0)  # [audio, text]
-    lin_w, lin_b = t["spoken_lm.fuse_for_bridge_in_llm.linear.weight"], t["spoken_lm.fuse_for_bridge_in_llm.linear.bias"]
+    fuse = "spoken_lm.fuse_for_bridge_in_llm.linear."
+    lin_w, lin_b = t[fuse + "weight"], t[fuse + "bias"]
     fused = [w[0] * (a @ lin_w.T + lin_b) + w[1] * x for a, x in zip(audio, text)]
     x = torch.stack([embed[sl["sos_id"]]] + fused)  # the sos position is not fused
     N, H = x.shape

@@ -121,8 +121,8 @@ def _runtime_component(kind, spec, default_name, default_file, src_folder, out_f
     if spec is None:
         path = os.path.join(src_folder, "cosyvoice", default_file)
         if not os.path.isfile(path):
-            report["notes"].append(f"no {kind} model: {path} is absent" + (
-                " (encode/decode need a speaker vector: pass speaker=... or add the file)" if kind == "speaker" else ""))
+            hint = " (encode/decode need a speaker vector: pass speaker=... or add the file)" if kind == "speaker" else ""
+            report["notes"].append(f"no {kind} model: {path} is absent{hint}")
             return None
         spec = (default_name, {"model_path": path, **({"normalize": True} if kind == "speaker" else {})})
     name, options = spec[0], dict(spec[1])

@@ -22,7 +22,8 @@ BASELINE = 1024 * 2 ** 20  # measured: ~0.85 GiB RSS after importing the tiny fi
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def stage_bytes(tok_stored, tok_numel, llm_numel, largest_llm_tensor, llm_dtype="float32", parts=("tokenizer", "taslm")):
+def stage_bytes(tok_stored, tok_numel, llm_numel, largest_llm_tensor, llm_dtype="float32",
+                parts=("tokenizer", "taslm")):
     """``{"tokenizer", "taslm", "peak"}`` bytes of the two stages and the overall peak."""
     tok = tok_stored + 2 * 4 * tok_numel if "tokenizer" in parts else 0
     lm = max(2 * largest_llm_tensor, llm_numel * BYTES.get(llm_dtype, 4)) if "taslm" in parts else 0
