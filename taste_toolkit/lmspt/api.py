@@ -75,9 +75,6 @@ class LmsptTokenizer(TokenizerBase):
     required_components = REQUIRED
     vocoder_hint = "whisper_mel_griffin_lim"
 
-    def __init__(self, model, vocoder=None, device="cpu"):
-        super().__init__(model, vocoder, device)
-
     # ------------------------------------------------------------ identity
     def _components(self):
         m = self.model
