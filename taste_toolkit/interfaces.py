@@ -151,7 +151,55 @@ class TokenizedText:
 # --------------------------------------------------------------------------
 
 
-class Encoder(nn.Module, abc.ABC):
+class Plugin:
+    """What every plugin carries: its registry identity and its recorded options.
+
+    :func:`taste_toolkit.registry.register` sets the class attributes and records
+    the two option dicts on every instance when its ``__init__`` returns (built by
+    :func:`~taste_toolkit.registry.build`, a YAML ``!new:`` or a direct call alike);
+    plugins never write them by hand.
+
+    Attributes
+    ----------
+    registry_kind, registry_name : str or None
+        Kind and name the class is registered under (``None``: not registered).
+    build_spec : dict or None
+        ``{"kind", "name", "options"}`` with the options the caller passed: the
+        plain-data recipe standalone checkpoints write and rebuild the plugin from.
+    options : dict or None
+        Every constructor option, defaults filled in, after :meth:`resolve_options`:
+        what the plugin reads back (``self.options["hop_length"]``) and what caches
+        hash (the unit cache keys an extractor by it).
+    """
+
+    registry_kind: Optional[str] = None
+    registry_name: Optional[str] = None
+    build_spec: Optional[dict] = None
+    options: Optional[dict] = None
+
+    def resolve_options(self, options: dict) -> dict:
+        """The one hook to adjust the recorded :attr:`options` (default: unchanged).
+
+        Called once, right after ``__init__``, with every constructor option
+        (defaults filled in). Override it to record a derived value instead of
+        its placeholder (``win_length=None`` -> ``n_fft``) or to normalize a
+        value to plain data (tuples -> lists); read the values ``__init__``
+        computed from ``self`` rather than deriving them a second time.
+
+        Arguments
+        ---------
+        options : dict
+            ``{name: value}`` of every constructor option.
+
+        Returns
+        -------
+        dict
+            The options to record as :attr:`options`.
+        """
+        return options
+
+
+class Encoder(nn.Module, abc.ABC, Plugin):
     """Speech encoder: waveform ``(B, S)`` -> :class:`EncoderOutput`."""
 
     sample_rate: int = 16000
@@ -176,7 +224,7 @@ class Encoder(nn.Module, abc.ABC):
         """Encode ``wavs (B, S)`` with valid sample counts ``wav_lengths (B,)``."""
 
 
-class Aggregator(nn.Module, abc.ABC):
+class Aggregator(nn.Module, abc.ABC, Plugin):
     """Pools encoder frames per text token/word, queried by the text."""
 
     #: False for aggregators that ignore the audio (text-only ablation). Read by
@@ -210,7 +258,7 @@ class Aggregator(nn.Module, abc.ABC):
         """
 
 
-class Quantizer(nn.Module, abc.ABC):
+class Quantizer(nn.Module, abc.ABC, Plugin):
     """Discretizes ``(B, M, D)`` vectors; ``encode``/``decode`` are deterministic."""
 
     @property
@@ -248,7 +296,7 @@ class Quantizer(nn.Module, abc.ABC):
         """Vectors ``(B, M, D)`` from codes ``(B, M, R)``; ``-1`` gives zeros."""
 
 
-class UnitDecoder(nn.Module, abc.ABC):
+class UnitDecoder(nn.Module, abc.ABC, Plugin):
     """Predicts speech units from text and (optionally) aligned speech embeddings."""
 
     #: True for decoders whose ``forward`` takes the keywords ``word_ids`` ``(B, N)``
@@ -290,7 +338,7 @@ class UnitDecoder(nn.Module, abc.ABC):
         """Autoregressive generation; returns ``(units (B, S), lengths (B,))``."""
 
 
-class Vocoder(nn.Module, abc.ABC):
+class Vocoder(nn.Module, abc.ABC, Plugin):
     """Units ``(B, S)`` -> waveform ``(B, L)`` at ``sample_rate``."""
 
     @property
@@ -303,7 +351,7 @@ class Vocoder(nn.Module, abc.ABC):
         """Return ``(wavs (B, L), wav_lengths (B,))``."""
 
 
-class LMHead(nn.Module, abc.ABC):
+class LMHead(nn.Module, abc.ABC, Plugin):
     """Speech-token head of a spoken LM (TASLM)."""
 
     @property
@@ -312,7 +360,7 @@ class LMHead(nn.Module, abc.ABC):
         """Hidden size of the LM it sits on."""
 
 
-class Fusion(nn.Module, abc.ABC):
+class Fusion(nn.Module, abc.ABC, Plugin):
     """Fuses a spoken LM's text embeddings with speech embeddings at the same position.
 
     ``forward(text (B, N, H), speech (B, N, D_s)) -> (B, N, H)``; ``D_s`` is the
@@ -324,7 +372,7 @@ class Fusion(nn.Module, abc.ABC):
         """Return the fused ``(B, N, H)`` input embeddings."""
 
 
-class Codec(nn.Module, abc.ABC):
+class Codec(nn.Module, abc.ABC, Plugin):
     """Neural audio codec baseline (EnCodec, Mimi, ...): waveform <-> frame-rate codes.
 
     Codes are ``(B, T, R)``: ``T`` frames at :attr:`frame_rate`, ``R`` codebooks of
@@ -366,7 +414,7 @@ class Codec(nn.Module, abc.ABC):
         """``(B, T, R)`` codes -> ``(wavs (B, S), wav_lengths (B,))``."""
 
 
-class Metric(abc.ABC):
+class Metric(abc.ABC, Plugin):
     """Evaluation metric: scores one system output against its reference.
 
     ``needs`` names what the metric reads (for example ``{"reference_audio",
@@ -395,7 +443,7 @@ class Metric(abc.ABC):
         """Release models or other large state."""
 
 
-class UnitExtractor(nn.Module, abc.ABC):
+class UnitExtractor(nn.Module, abc.ABC, Plugin):
     """Turns audio into discrete target units for the unit decoder.
 
     Extractors that need training (k-means) implement :meth:`fit`; their fitted
@@ -425,7 +473,7 @@ class UnitExtractor(nn.Module, abc.ABC):
         """Return ``(units (B, S) long, lengths (B,))``."""
 
 
-class TextTokenizer(abc.ABC):
+class TextTokenizer(abc.ABC, Plugin):
     """Word-preserving text tokenizer (not a module: it has no weights)."""
 
     #: True for tokenizers trained on the corpus transcripts (:meth:`fit`, sentencepiece).
@@ -449,7 +497,7 @@ class TextTokenizer(abc.ABC):
         """Train on an iterable of transcripts (tokenizers with ``needs_fit``)."""
 
 
-class Speaker(nn.Module, abc.ABC):
+class Speaker(nn.Module, abc.ABC, Plugin):
     """Utterance-level speaker vector ``(B, D)``; dimension 0 means no speaker."""
 
     sample_rate: int = 16000

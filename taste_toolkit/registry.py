@@ -17,8 +17,21 @@ used (no stale options of the previous plugin leak into the new one).
 
 Third-party plugins register through the ``taste_toolkit.plugins`` entry-point
 group or a ``plugin_modules:`` list in the YAML (see :func:`load_plugins`).
+
+Recorded options
+----------------
+:func:`register` makes every instance of a plugin record its options when its
+``__init__`` returns, however it was built (:func:`build`, a YAML ``!new:`` or a
+direct call), so no plugin writes them by hand:
+
+* ``build_spec = {"kind", "name", "options"}``: the options the caller passed,
+  the plain-data recipe standalone checkpoints save and rebuild from;
+* ``options``: every constructor option with defaults filled in, passed through
+  the plugin's one hook :meth:`~taste_toolkit.interfaces.Plugin.resolve_options`
+  (for derived values such as ``win_length=None`` -> ``n_fft``).
 """
 
+import functools
 import importlib
 import importlib.metadata
 import inspect
@@ -110,10 +123,72 @@ def register(kind, name, *, override=False):
             )
         cls.registry_kind = kind
         cls.registry_name = name
+        _record_options_on_init(cls)
         _REGISTRY[kind][name] = cls
         return cls
 
     return decorator
+
+
+def _records_options(klass):
+    """True when ``klass`` itself defines an ``__init__`` wrapped by :func:`_record_options_on_init`."""
+    return getattr(klass.__dict__.get("__init__"), "_records_options_of", None) is klass
+
+
+def _record_options_on_init(cls):
+    """Wrap ``cls.__init__`` so that instances record ``build_spec`` and ``options``.
+
+    Only the outermost registered ``__init__`` of an instance records (a registered
+    subclass calling its registered parent's ``__init__`` records its own options once;
+    an unregistered subclass records what it passed to its registered parent).
+    """
+    if _records_options(cls):
+        return
+    init = cls.__init__
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        outermost = next(k for k in type(self).__mro__ if _records_options(k))
+        if outermost is cls:
+            _record(self, cls, signature, args, kwargs)
+
+    __init__._records_options_of = cls
+    cls.__init__ = __init__
+
+
+def _named_arguments(signature, arguments):
+    """``{name: value}`` of bound arguments without ``self``; ``**kwargs`` flattened."""
+    out = {}
+    for position, (key, value) in enumerate(arguments.items()):
+        param = signature.parameters[key]
+        if position == 0 and param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            continue  # self
+        if param.kind == param.VAR_KEYWORD:
+            out.update(value)
+        elif param.kind == param.VAR_POSITIONAL:
+            out[key] = list(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _record(instance, cls, signature, args, kwargs):
+    """Set ``instance.build_spec`` (options passed) and ``instance.options`` (all, resolved)."""
+    bound = signature.bind(instance, *args, **kwargs)
+    passed = _named_arguments(signature, bound.arguments)
+    bound.apply_defaults()
+    resolved = instance.resolve_options(_named_arguments(signature, bound.arguments))
+    if not isinstance(resolved, dict):
+        raise TypeError(
+            f"{cls.__qualname__}.resolve_options must return a dict of options, got {type(resolved).__name__}."
+        )
+    try:
+        instance.build_spec = {"kind": cls.registry_kind, "name": cls.registry_name, "options": passed}
+        instance.options = resolved
+    except AttributeError:  # objects with __slots__ cannot carry them
+        pass
 
 
 def _ensure_loaded():
@@ -323,14 +398,10 @@ def build(kind, name, options=None, blocks=None, **extra):
                 f"Option {key!r} of {kind} plugin {name!r} must be {annotation}, "
                 f"got {value!r} ({type(value).__name__}). Accepted options: {accepted_list}."
             )
-    instance = cls(**options)
-    # Plain-data recipe of this instance: standalone checkpoints rebuild it from
-    # (kind, name, options) through the registry, never from pickles or YAML tags.
-    try:
-        instance.build_spec = {"kind": kind, "name": name, "options": options}
-    except AttributeError:  # objects with __slots__ cannot carry it
-        pass
-    return instance
+    # The instance records its plain-data recipe (build_spec: kind, name and these
+    # options) and its resolved options itself (see register); standalone checkpoints
+    # rebuild it from them through the registry, never from pickles or YAML tags.
+    return cls(**options)
 
 
 def _type_hints(cls):

@@ -186,6 +186,58 @@ def test_blocks_select_only_the_chosen_plugin():
     assert (q.num_quantizers, q.codebook_size, q.input_dim) == (2, 512, 8)
 
 
+# ------------------------------------------------------------------ recorded options
+
+
+def test_every_instance_records_its_spec_and_options(toy):
+    built = build("speaker", "toy_test", {"dim": 3, "taps": [4]})
+    direct = ToySpeaker(3, taps=[4])  # a direct call records exactly what build() records
+    for obj in (built, direct):
+        assert obj.build_spec == {"kind": "speaker", "name": "toy_test", "options": {"dim": 3, "taps": [4]}}
+        assert obj.options == {"dim": 3, "scale": 1.0, "mode": "mean", "taps": [4]}
+    rebuilt = build(**{k: v for k, v in direct.build_spec.items()})
+    assert rebuilt.options == direct.options and rebuilt.build_spec == direct.build_spec
+
+
+def test_resolve_options_is_the_one_hook_for_derived_values(toy):
+    class Derived(ToySpeaker):
+        def __init__(self, dim: int = 2, scale: float = None):
+            super().__init__(dim, scale=float(dim) if scale is None else scale)
+
+        def resolve_options(self, options):
+            return dict(options, scale=self.scale)
+
+    register("speaker", "toy_derived")(Derived)
+    obj = build("speaker", "toy_derived", {"dim": 5})
+    # Only the outermost registered __init__ records: the subclass's own options, once.
+    assert obj.build_spec == {"kind": "speaker", "name": "toy_derived", "options": {"dim": 5}}
+    assert obj.options == {"dim": 5, "scale": 5.0}
+    assert build("speaker", "toy_derived", obj.options).options == obj.options
+
+
+def test_unregistered_subclass_records_what_it_passed_to_its_plugin(toy):
+    class Counting(ToySpeaker):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.calls = 0
+
+    obj = Counting(dim=2, mode="max")
+    assert obj.build_spec == {"kind": "speaker", "name": "toy_test", "options": {"dim": 2, "mode": "max"}}
+    assert obj.options["mode"] == "max" and obj.options["scale"] == 1.0
+
+
+def test_builtin_vocoders_record_resolved_options():
+    from taste_toolkit.plugins.vocoder.unit_to_spec import UnitToSpecVocoder
+
+    voc = build("vocoder", "griffin_lim", {"num_units": 4, "n_mels": 16, "n_fft": 256, "hop_length": 64})
+    assert voc.build_spec["options"] == {"num_units": 4, "n_mels": 16, "n_fft": 256, "hop_length": 64}
+    assert voc.options["win_length"] == 256 and voc.options["f_max"] == 8000.0  # derived, not None
+    uts = UnitToSpecVocoder(num_units=4, dim=8, unit_dilations=(1, 2), frame_dilations=(1,), n_iter=2)
+    assert uts.options["unit_dilations"] == [1, 2] and uts.options["units_fingerprint"] == ""
+    assert uts.build_spec["options"] == {"num_units": 4, "dim": 8, "unit_dilations": (1, 2),
+                                         "frame_dilations": (1,), "n_iter": 2}
+
+
 def test_extras_passed_only_when_accepted(toy):
     # `vocab_size` is not an option of toy_test: dropped, not an error.
     obj = build("speaker", "toy_test", {}, dim=4, vocab_size=100)

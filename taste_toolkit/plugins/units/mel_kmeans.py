@@ -163,18 +163,6 @@ class MelKMeansUnits(UnitExtractor):
             raise ConfigError(
                 f"{self.registry_name} fit_frames ({fit_frames}) must be >= num_units ({num_units})."
             )
-        #: Constructor options (plain data), hashed by the unit cache.
-        self.options = dict(
-            num_units=num_units,
-            sample_rate=sample_rate,
-            n_mels=n_mels,
-            n_fft=n_fft,
-            hop_length=hop_length,
-            stack=stack,
-            fit_frames=fit_frames,
-            kmeans_iters=kmeans_iters,
-            seed=seed,
-        )
         self.sample_rate = sample_rate
         self.n_mels, self.hop_length, self.stack = n_mels, hop_length, stack
         self._num_units = num_units

@@ -72,7 +72,6 @@ class S3Units(UnitExtractor):
         super().__init__()
         import os
 
-        self.options = dict(model_path=model_path, num_threads=num_threads)
         where = (
             f"it ships with the CosyVoice-300M release (model repository "
             f"FunAudioLLM/CosyVoice-300M, file {MODEL_FILE}); download it on a machine "

@@ -143,17 +143,17 @@ class WhisperKMeansUnits(MelKMeansUnits):
             object.__setattr__(self, "_builtin_whisper", whisper)
         else:
             self.whisper = whisper
-        #: Constructor options (plain data), hashed by the unit cache.
-        self.options = dict(
-            num_units=num_units, source=source, layer=layer, stack=stack, n_mels=n_mels, n_fft=n_fft,
-            fit_frames=fit_frames, kmeans_iters=kmeans_iters, seed=seed, init_weights=init_weights,
-        )
+        self.source = source
         self.whisper_dim = whisper.key_dim
         dim = stack * self.whisper_dim
         # Same buffer names as mel_kmeans, sized for the Whisper vectors.
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
         self.register_buffer("centroids", torch.zeros(num_units, dim))
+
+    def resolve_options(self, options):
+        """Record ``source`` as a string (a ``Path`` is accepted)."""
+        return dict(options, source=self.source)
 
     def _whisper(self):
         """The frozen :class:`WhisperTapEncoder` (held outside the state for builtins)."""

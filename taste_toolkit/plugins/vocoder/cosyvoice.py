@@ -54,7 +54,6 @@ class CosyVoiceVocoder(Vocoder):
 
     def __init__(self, model_dir: str = ""):
         super().__init__()
-        self.options = dict(model_dir=model_dir)
         if not model_dir:
             raise MissingResourceError("The cosyvoice vocoder needs model_dir. " + HOW_TO_GET)
         if not os.path.isdir(model_dir):

@@ -129,14 +129,8 @@ class GriffinLimVocoder(Vocoder):
             )
         if smooth_frames < 0:
             raise ConfigError(f"griffin_lim smooth_frames must be >= 0, got {smooth_frames}.")
-        self.options = dict(
-            num_units=num_units, n_mels=n_mels, stack=stack, sample_rate=sample_rate,
-            n_fft=n_fft, hop_length=hop_length, win_length=win_length, f_min=f_min,
-            f_max=f_max, mel_scale=mel_scale, norm=norm, power=power, log_floor=log_floor,
-            n_iter=n_iter, momentum=momentum, rand_init=rand_init, seed=seed,
-            smooth_frames=smooth_frames,
-        )  # fmt: skip
         self._sample_rate = sample_rate
+        self.win_length, self.f_max = win_length, f_max  # resolved (see resolve_options)
         self.num_units, self.n_mels, self.stack = num_units, n_mels, stack
         mel_kwargs = dict(
             sample_rate=sample_rate, f_min=f_min, f_max=f_max, norm=norm, mel_scale=mel_scale
@@ -157,6 +151,10 @@ class GriffinLimVocoder(Vocoder):
             module._non_persistent_buffers_set.update(names)
         self.register_buffer("unit_log_mels", torch.zeros(num_units, stack, n_mels))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    def resolve_options(self, options):
+        """Record the resolved ``win_length`` (``n_fft`` when unset) and ``f_max`` (Nyquist)."""
+        return dict(options, win_length=self.win_length, f_max=self.f_max)
 
     # ------------------------------------------------------------ properties
 
@@ -203,11 +201,9 @@ class GriffinLimVocoder(Vocoder):
         built = {k: mel_options[k] for k in keys if k in mel_options}
         built.update(num_units=int(table.shape[0]), stack=int(table.shape[1]))
         built.update(options)
-        vocoder = cls(**built)
-        vocoder.load_table(table)
-        # Plain-data recipe, as registry.build records it: standalone checkpoints rebuild from it.
-        vocoder.build_spec = {"kind": "vocoder", "name": "griffin_lim", "options": dict(built)}
-        return vocoder
+        # The instance records ``built`` as its build_spec (registry.register): standalone
+        # checkpoints rebuild it from the plain options, then load the table.
+        return cls(**built).load_table(table)
 
     @torch.no_grad()
     def load_table(self, unit_log_mels):

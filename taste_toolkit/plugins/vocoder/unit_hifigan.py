@@ -143,19 +143,9 @@ class UnitHifiGAN(Vocoder):
             )
         from speechbrain.lobes.models.HifiGAN import UnitHifiganGenerator
 
-        #: Constructor options (plain data): rebuild with registry.build("vocoder", "unit_hifigan", options).
-        self.options = dict(
-            num_units=num_units,
-            embedding_dim=embedding_dim,
-            upsample_factors=factors,
-            upsample_kernel_sizes=kernels,
-            upsample_initial_channel=upsample_initial_channel,
-            resblock_type=resblock_type,
-            resblock_kernel_sizes=res_kernels,
-            resblock_dilation_sizes=dilations,
-            sample_rate=sample_rate,
-            samples_per_unit=samples_per_unit,
-        )
+        # The layout as lists of int (plain data), recorded by resolve_options.
+        self._layout = dict(upsample_factors=factors, upsample_kernel_sizes=kernels,
+                            resblock_kernel_sizes=res_kernels, resblock_dilation_sizes=dilations)
         self.num_units = num_units
         self.samples_per_unit = samples_per_unit
         self._sample_rate = sample_rate
@@ -178,6 +168,10 @@ class UnitHifiGAN(Vocoder):
         for module in self.generator.modules():
             if isinstance(module, Conv1d):
                 module.padding_mode = "constant"  # zeros: any length works (see "Padding")
+
+    def resolve_options(self, options):
+        """Record the layout options as lists of int (tuples and YAML lists alike)."""
+        return dict(options, **self._layout)
 
     @property
     def sample_rate(self) -> int:

@@ -134,14 +134,7 @@ class UnitToSpecVocoder(Vocoder):
                 f"<= n_fft; got dropout={dropout}, momentum={momentum}, log_floor={log_floor}, "
                 f"hop_length={hop_length}, n_fft={n_fft}."
             )
-        #: Constructor options (plain data): ``registry.build("vocoder", "unit_to_spec", options)``.
-        self.options = dict(
-            num_units=num_units, units_fingerprint=str(units_fingerprint), sample_rate=sample_rate,
-            samples_per_unit=samples_per_unit, n_fft=n_fft, hop_length=hop_length, dim=dim,
-            unit_dilations=unit_dilations, frame_dilations=frame_dilations, kernel_size=kernel_size,
-            dropout=dropout, log_floor=log_floor, n_iter=n_iter, momentum=momentum, seed=seed,
-        )  # fmt: skip
-        self.build_spec = {"kind": "vocoder", "name": "unit_to_spec", "options": dict(self.options)}
+        self.unit_dilations, self.frame_dilations = unit_dilations, frame_dilations
         self.num_units = num_units
         self.units_fingerprint = str(units_fingerprint)
         self.samples_per_unit = samples_per_unit
@@ -156,6 +149,11 @@ class UnitToSpecVocoder(Vocoder):
     @property
     def sample_rate(self) -> int:
         return self._sample_rate
+
+    def resolve_options(self, options):
+        """Record plain data: the fingerprint as a string, the dilations as lists of int."""
+        return dict(options, units_fingerprint=self.units_fingerprint, unit_dilations=list(self.unit_dilations),
+                    frame_dilations=list(self.frame_dilations))
 
     # ------------------------------------------------------------ identity
 
