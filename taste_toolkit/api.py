@@ -351,12 +351,10 @@ class TasteTokenizer(TokenizerBase):
         return [units[i, : int(lengths[i])].cpu() for i in range(len(batch))], starts, capped
 
     def _capped(self, lengths, text_lengths, generate_options):
-        """Which decodes reached the decoder's ``max_len_ratio`` cap (None if it has none)."""
-        params = inspect.signature(self.model.decoder.generate).parameters
-        if "max_len_ratio" not in params:
+        """Which decodes reached the decoder's length cap (None if it has none)."""
+        cap = self.model.decoder.generation_cap(text_lengths.cpu(), **generate_options)
+        if cap is None:
             return None
-        ratio = float(generate_options.get("max_len_ratio", params["max_len_ratio"].default))
-        cap = torch.floor(ratio * text_lengths.float().cpu()).long()
         return [bool(int(n) >= int(c)) for n, c in zip(lengths.cpu(), cap)]
 
     @torch.no_grad()

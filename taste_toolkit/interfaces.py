@@ -12,6 +12,7 @@ Conventions used by every plugin
 """
 
 import abc
+import inspect
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -336,6 +337,27 @@ class UnitDecoder(nn.Module, abc.ABC, Plugin):
     @abc.abstractmethod
     def generate(self, tokens, token_lengths, speech, speech_lengths, speaker=None, **kwargs):
         """Autoregressive generation; returns ``(units (B, S), lengths (B,))``."""
+
+    def generation_cap(self, token_lengths, **generate_options):
+        """Most units :meth:`generate` emits per row with these options, or ``None``.
+
+        A decode that reaches it stopped at the length cap, not at end of speech
+        (``DecodedSpeech.capped``). The default reads a ``max_len_ratio`` option of
+        ``generate`` (``floor(max_len_ratio x token_lengths)``); decoders that count
+        their cap from something else override this.
+
+        Arguments
+        ---------
+        token_lengths : torch.Tensor
+            ``(B,)`` text tokens per row.
+        **generate_options
+            The options the caller passes to :meth:`generate`.
+        """
+        params = inspect.signature(self.generate).parameters
+        if "max_len_ratio" not in params:
+            return None
+        ratio = float(generate_options.get("max_len_ratio", params["max_len_ratio"].default))
+        return torch.floor(ratio * torch.as_tensor(token_lengths).double()).long()
 
 
 class Vocoder(nn.Module, abc.ABC, Plugin):

@@ -242,3 +242,15 @@ def test_without_audio_affine_layer():
     out = result["decoder"](tokens, lengths, speech, lengths, torch.randint(0, 30, (3, 4)), torch.tensor([4, 1, 2]),
                             speaker)
     assert out.logits.shape == (3, 5, 31) and torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("length_reference", ["prefix", "tokens"])
+def test_generation_cap_is_what_generate_stops_at(length_reference):
+    # min == max: every row runs to the cap, so the cap the tokenizer uses to flag
+    # capped decodes must equal the lengths generate returns.
+    config = _tiny_config()
+    decoder = build_speech_decoder(config, _random_tensors(config))["decoder"]
+    tokens, lengths, speech, speech_lengths, speaker = _tiny_inputs()
+    opts = dict(max_len_ratio=1.5, min_len_ratio=1.5, length_reference=length_reference)
+    _, generated = decoder.generate(tokens, lengths, speech, speech_lengths, speaker, top_k=1, **opts)
+    assert generated.tolist() == decoder.generation_cap(lengths, **opts).tolist()

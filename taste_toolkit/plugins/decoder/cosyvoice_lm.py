@@ -18,6 +18,7 @@ unit predicts EOS (class ``num_units``). Sub-module names are the release's, so 
 (:func:`taste_toolkit.official.speech_decoder.build_speech_decoder`).
 """
 
+import inspect
 import logging
 
 import torch
@@ -330,6 +331,16 @@ class CosyVoiceLMDecoder(UnitDecoder):
         return counts
 
     # --------------------------------------------------------------- inference
+
+    def generation_cap(self, token_lengths, **generate_options):
+        """``floor(max_len_ratio x R)`` units, ``R`` as :meth:`generate` counts it."""
+        params = inspect.signature(self.generate).parameters
+        ratio = float(generate_options.get("max_len_ratio", params["max_len_ratio"].default))
+        reference = generate_options.get("length_reference", params["length_reference"].default)
+        token_lengths = torch.as_tensor(token_lengths).long()
+        if reference == "prefix":  # sos, [speaker], the fused tokens, task id (see condition())
+            token_lengths = token_lengths + 2 + int(bool(self.speaker_dim))
+        return torch.floor(ratio * token_lengths.double()).long()
 
     @torch.no_grad()
     def generate(self, tokens, token_lengths, speech, speech_lengths, speaker=None, top_k: int = 25,
