@@ -266,3 +266,57 @@ def test_ddp_codebooks_are_synchronised(tmp_path):
     assert torch.equal(synced[0], synced[1])
     assert synced[0].abs().sum() > 0
     assert not torch.allclose(local[0], local[1])  # the test can tell the difference
+
+
+# ---------------------------------------------------------------- projection init
+
+
+def subspace_clusters(n=1200, dim=D, rank=6, seed=3):
+    """Clustered vectors that live in a ``rank``-dimensional subspace of ``dim``."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(dim, rank, generator=g))[0].t()  # (rank, dim) orthonormal
+    low = clustered(n_clusters=24, n=n, dim=rank, seed=seed, noise=0.2)
+    return low @ basis * 3.0 + 1.5  # scaled and off-centre, as hidden states are
+
+
+def test_pca_projection_init_reconstructs_the_input_space():
+    data = subspace_clusters()
+    q = make_rvq(num_quantizers=2, codebook_dim=8)  # 8 >= rank 6: nothing is lost
+    report = q.init_codebooks(data)
+    assert report["projection_variance_kept"] > 0.9999, report
+    with torch.no_grad():
+        back = q.rvq.project_out(q.rvq.project_in(data))
+    assert (back - data).abs().max() < 1e-4
+    kept = make_rvq(num_quantizers=2, codebook_dim=8, projection_init="keep")
+    weight = kept.rvq.project_in.weight.clone()
+    assert "projection_variance_kept" not in kept.init_codebooks(data)
+    assert torch.equal(kept.rvq.project_in.weight, weight)  # the paper's random projection stays
+    with pytest.raises(ConfigError, match="projection_init"):
+        make_rvq(projection_init="random")
+
+
+def _layer0_perplexity_after_training(projection_init, steps=150):
+    """Train the RVQ alone to reconstruct its input (the decoder's straight-through
+    pull, in miniature) after k-means init; layer-0 perplexity on all the data."""
+    data = subspace_clusters(rank=12)
+    q = make_rvq(num_quantizers=2, codebook_dim=4, projection_init=projection_init,
+                 threshold_ema_dead_code=0.25, quantize_dropout=False)
+    q.init_codebooks(data)
+    opt = torch.optim.Adam(q.parameters(), lr=1e-3)
+    for step in range(steps):
+        x, lengths = batch_of(data, step, B=8)
+        out = q(x, lengths)
+        m = torch.arange(x.shape[1])[None] < lengths[:, None]
+        loss = (out.quantized - x)[m].pow(2).mean() + out.loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    q.eval()
+    with torch.no_grad():
+        out = q(data.unsqueeze(0), torch.tensor([data.shape[0]]))
+    return out.metrics["rvq_perplexity_l0"]
+
+
+def test_pca_projection_keeps_layer0_codes_in_use_under_reconstruction_training():
+    pca, random_projection = (_layer0_perplexity_after_training(p) for p in ("pca", "keep"))
+    assert pca > 8.0 and pca > 1.5 * random_projection, (pca, random_projection)

@@ -80,6 +80,15 @@ class ResidualVQQuantizer(Quantizer):
         its own losses. The cheapest way to lower the commitment loss is to make
         every word vector alike, which is how the codebooks collapse over training
         on the embedded corpus (RESULTS.md, session 6).
+    projection_init : str
+        What :meth:`init_codebooks` does to ``project_in``/``project_out`` (only
+        when ``codebook_dim < input_dim``): ``"pca"`` sets them to the top
+        ``codebook_dim`` principal directions of the given vectors and back, so the
+        codebooks are fitted in a space that already reconstructs the input;
+        ``"keep"`` leaves the random init (the paper). With random projections, the
+        decoder's first straight-through gradients rewrite ``project_in`` and move
+        its outputs away from the freshly fitted codes: layer 0 fell to one code in
+        the first epoch (RESULTS.md, session 7).
 
     Example
     -------
@@ -105,6 +114,7 @@ class ResidualVQQuantizer(Quantizer):
         standardize: bool = False,
         standardize_dims: int = 0,
         commitment_to_input: bool = True,
+        projection_init: str = "pca",
     ):
         super().__init__()
         from vector_quantize_pytorch import ResidualVQ
@@ -150,6 +160,9 @@ class ResidualVQQuantizer(Quantizer):
         self._warned_uninitialised = False
         if not 0 <= standardize_dims <= input_dim:
             raise ConfigError(f"rvq standardize_dims must be in [0, input_dim={input_dim}], got {standardize_dims}.")
+        if projection_init not in ("pca", "keep"):
+            raise ConfigError(f"rvq projection_init must be 'pca' or 'keep', got {projection_init!r}.")
+        self.projection_init = projection_init
         self.standardize = bool(standardize)
         self.commitment_to_input = bool(commitment_to_input)
         self.standardize_dims = int(standardize_dims) or input_dim
@@ -358,7 +371,9 @@ class ResidualVQQuantizer(Quantizer):
         -------
         dict
             ``{"vectors": N, "perplexity_l{r}": ...}``: how evenly the fitted
-            codes split the given vectors, per layer.
+            codes split the given vectors, per layer; with ``projection_init="pca"``
+            also ``projection_variance_kept`` (share of the variance the
+            ``codebook_dim`` principal directions keep).
 
         Raises
         ------
@@ -382,8 +397,10 @@ class ResidualVQQuantizer(Quantizer):
             self.input_std.fill_(1.0)
             self.input_mean[:k] = vectors[:, :k].mean(0)
             self.input_std[:k] = vectors[:, :k].std(0).clamp(min=1e-5)
-        residual = self.rvq.project_in(self._to_code_space(vectors))
         report = {"vectors": int(vectors.shape[0])}
+        if self.projection_init == "pca" and isinstance(self.rvq.project_in, torch.nn.Linear):
+            report["projection_variance_kept"] = self._init_projection_pca(self._to_code_space(vectors))
+        residual = self.rvq.project_in(self._to_code_space(vectors))
         for r, layer in enumerate(self.rvq.layers):
             book = layer._codebook
             centroids = kmeans(residual, self.codebook_size, iters=iters, seed=seed + r)
@@ -399,6 +416,28 @@ class ResidualVQQuantizer(Quantizer):
             report[f"perplexity_l{r}"] = round(float(torch.exp(-(prob * prob.log()).sum())), 2)
             residual = residual - centroids[labels]
         return report
+
+    @torch.no_grad()
+    def _init_projection_pca(self, vectors):
+        """Set ``project_in`` to the top principal directions of ``vectors (N, D)``
+        (centred) and ``project_out`` to the way back; returns the variance share kept."""
+        project_in, project_out = self.rvq.project_in, self.rvq.project_out
+        d = project_in.out_features
+        mean = vectors.mean(0)
+        centred = vectors - mean
+        # Economy SVD of the (N, D) data: rows of vt are the principal directions.
+        _, singular, vt = torch.linalg.svd(centred, full_matrices=False)
+        directions = vt[:d]  # (d, D); fewer than d when N < d (the rest stays zero)
+        weight = torch.zeros_like(project_in.weight)
+        weight[: directions.shape[0]] = directions.to(weight)
+        project_in.weight.copy_(weight)
+        project_out.weight.copy_(weight.t())
+        if project_in.bias is not None:
+            project_in.bias.copy_(-(weight @ mean.to(weight)))
+        if project_out.bias is not None:
+            project_out.bias.copy_(mean.to(project_out.bias))
+        energy = singular.pow(2)
+        return round(float(energy[:d].sum() / energy.sum().clamp(min=1e-12)), 4)
 
     @torch.no_grad()
     def encode(self, x, lengths):
