@@ -38,10 +38,9 @@ class LmsptBrain(TasteTokenizerBrain):
         batch = batch.to(self.device)
         wavs, rel = batch.sig
         wav_lens = relative_to_absolute(rel, wavs.shape[1])
-        model = self.modules.model
         enc = self._encoder_out(batch)
-        mels, mel_lens = model.log_mels(wavs, wav_lens)
-        out = model(enc, mels, mel_lens)
+        mels, mel_lens = self._model.log_mels(wavs, wav_lens)
+        out = self.modules.model(enc, mels, mel_lens)  # through the DDP wrapper under torchrun
         if stage == sb.Stage.TEST and self._example is None:
             n = int(mel_lens[0])
             self._example = {
@@ -73,7 +72,7 @@ class LmsptBrain(TasteTokenizerBrain):
             if k in c:
                 stats[k] = round(c[k] / c["batches"], 5)
         if c.get("seconds"):
-            model = self.modules.model
+            model = self._model
             rate = c["speech_tokens"] / c["seconds"]
             stats["token_rate_hz"] = round(rate, 3)
             stats["bitrate_bps"] = round(rate * model.bits_per_token, 1)

@@ -77,6 +77,13 @@ class TasteTokenizerBrain(sb.Brain):
         super().__init__(modules, opt_class, hparams, _steps_win_over_minutes(run_opts), make_robust(checkpointer))
         self._nonfinite_ids = []
 
+    @property
+    def _model(self):
+        """``modules.model`` itself: under torchrun SpeechBrain wraps it in DDP, which has none of
+        its attributes. Forward passes still go through ``self.modules.model`` (the wrapper syncs
+        the gradients)."""
+        return unwrap_ddp(self.modules.model)
+
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
         # torch's DataLoader draws its worker base seed from the *global* RNG each time
         # it is iterated; a run resumed mid-epoch would then be one draw off (other
@@ -105,11 +112,11 @@ class TasteTokenizerBrain(sb.Brain):
         self._previous_stage_loaded = True
         from taste_toolkit.training.staging import load_previous_stage
 
-        load_previous_stage(src, self.modules.model, getattr(self.hparams, "init_modules", None))
+        load_previous_stage(src, self._model, getattr(self.hparams, "init_modules", None))
 
     # -------------------------------------------------------------- forward
     def _encoder_out(self, batch):
-        model = self.modules.model
+        model = self._model
         if not model.needs_audio:
             return None
         wavs, rel = batch.sig
@@ -148,10 +155,10 @@ class TasteTokenizerBrain(sb.Brain):
         return out, tok_lens, enc_out
 
     def _keep_attention_example(self, batch, tokens, tok_lens, word_ids, enc_out):
-        if self.modules.model.aggregator.needs_unit_word_ids:
+        if self._model.aggregator.needs_unit_word_ids:
             return  # the oracle_spans ceiling pools known spans: no attention to plot
         with torch.no_grad():
-            agg = self.modules.model.aggregator(tokens[:1], tok_lens[:1], word_ids[:1], _first(enc_out), need_weights=True)
+            agg = self._model.aggregator(tokens[:1], tok_lens[:1], word_ids[:1], _first(enc_out), need_weights=True)
         if agg is not None and agg.attention is not None:
             n, t = int(tok_lens[0]), int(enc_out.lengths[0])
             self._attention_example = {
@@ -164,7 +171,7 @@ class TasteTokenizerBrain(sb.Brain):
     def compute_objectives(self, predictions, batch, stage):
         out, tok_lens, enc_out = predictions
         if stage != sb.Stage.TRAIN:
-            acc = self.modules.model.decoder.accuracy(out.decoder, topk=(1, 5))
+            acc = self._model.decoder.accuracy(out.decoder, topk=(1, 5))
             for k, v in acc.items():
                 self._counts[k] = self._counts.get(k, 0) + float(v)
             self._counts["seconds"] = self._counts.get("seconds", 0.0) + float(sum(batch.duration))
@@ -184,7 +191,7 @@ class TasteTokenizerBrain(sb.Brain):
 
     def _count_codes(self, codes):
         """Accumulate per-layer code histograms over the whole split (``codes (B, M, R)``, -1 skipped)."""
-        k = self.modules.model.quantizer.codebook_size
+        k = self._model.quantizer.codebook_size
         hist = self._code_hist
         for r in range(codes.shape[-1]):
             layer = codes[..., r].flatten()
@@ -220,7 +227,7 @@ class TasteTokenizerBrain(sb.Brain):
         dict or None
             The quantizer's report (vectors used, perplexity per layer), or None.
         """
-        model = self.modules.model
+        model = self._model
         q = model.quantizer
         if q is None or not hasattr(q, "init_codebooks"):
             return None
@@ -295,14 +302,14 @@ class TasteTokenizerBrain(sb.Brain):
         self._batch_ids = list(batch.id)
         # The quantizer's EMA codebooks are updated inside forward, before the loss is
         # known: keep a copy so a batch with a non-finite loss can be undone.
-        q = getattr(self.modules.model, "quantizer", None)
+        q = getattr(self._model, "quantizer", None)
         self._quantizer_buffers = {k: v.detach().clone() for k, v in q.named_buffers()} if q is not None else {}
 
     def _restore_quantizer_buffers(self):
         saved = getattr(self, "_quantizer_buffers", None)
         if not saved:
             return
-        own = dict(self.modules.model.quantizer.named_buffers())
+        own = dict(self._model.quantizer.named_buffers())
         with torch.no_grad():
             for k, v in saved.items():
                 if k in own and own[k].shape == v.shape:
@@ -329,7 +336,7 @@ class TasteTokenizerBrain(sb.Brain):
         if seconds and "speech_tokens" in c:
             rate = c["speech_tokens"] / seconds
             stats["token_rate_hz"] = round(rate, 3)
-            q = self.modules.model.quantizer
+            q = self._model.quantizer
             if q is not None and q.codebook_size:
                 stats["bitrate_bps"] = round(bitrate(rate, q.num_quantizers, q.codebook_size), 1) if rate > 0 else 0.0
         if seconds:
@@ -340,7 +347,7 @@ class TasteTokenizerBrain(sb.Brain):
         stats.update(self.split_codebook_perplexity())
         if c.get("attention_batches"):
             stats["attention_loss"] = round(c["attention_loss"] / c["attention_batches"], 4)
-        sup = getattr(self.modules.model, "attention_supervision", None)
+        sup = getattr(self._model, "attention_supervision", None)
         if stage == sb.Stage.TRAIN and sup is not None:
             counts = sup.reset_counts()
             stats["attention_skipped"] = counts["skipped"]
@@ -392,6 +399,12 @@ class TasteTokenizerBrain(sb.Brain):
             tok = getattr(self.hparams, "text_tokenizer", None)
             labels = [tok.decode([t]) for t in ex["tokens"]] if tok is not None else None
             plot_attention(ex["attention"], os.path.join(folder, "attention.png"), labels, ex["frame_rate"], title=ex["id"])
+
+
+def unwrap_ddp(module):
+    """The module inside a ``DistributedDataParallel`` (or ``DataParallel``) wrapper; others unchanged."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    return module.module if isinstance(module, wrappers) else module
 
 
 def _steps_win_over_minutes(run_opts):
