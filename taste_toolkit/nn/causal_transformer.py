@@ -52,11 +52,37 @@ class KVCache:
     keys: List[torch.Tensor]
     values: List[torch.Tensor]
     key_valid: torch.Tensor
+    #: 0: ``keys``/``values`` hold exactly ``T`` steps (a step concatenates). > 0: they are
+    #: preallocated ``(B, H, capacity, D_h)`` buffers whose first ``T`` steps are filled,
+    #: and a step writes in place (generation; see :meth:`reserve`).
+    capacity: int = 0
 
     @property
     def length(self):
         """Number of cached time steps ``T`` (padding included)."""
         return self.key_valid.shape[1]
+
+    def reserve(self, capacity):
+        """Room for ``capacity`` steps, so later steps are written in place, not concatenated.
+
+        Concatenating copies the whole cache at every generated step (the main cost
+        of a batched step once the model is small); inference only (in-place writes).
+        """
+        if capacity <= max(self.capacity, self.length):
+            return self
+        n = self.length
+
+        def grow(t):
+            buffer = t.new_empty(t.shape[0], t.shape[1], capacity, t.shape[3])
+            buffer[:, :, :n] = t[:, :, :n]
+            return buffer
+
+        return KVCache([grow(k) for k in self.keys], [grow(v) for v in self.values], self.key_valid, capacity)
+
+    def select(self, rows):
+        """The cache of batch ``rows`` only (index or bool mask): finished rows leave a batched generation."""
+        return KVCache([k[rows] for k in self.keys], [v[rows] for v in self.values], self.key_valid[rows],
+                       self.capacity)
 
 
 def attention_mask(key_valid, num_queries, past_length=0, causal=True):
@@ -110,7 +136,7 @@ class TransformerLayer(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x, mask, past=None):
+    def forward(self, x, mask, past=None, filled=None):
         """Apply the block.
 
         Arguments
@@ -120,19 +146,29 @@ class TransformerLayer(nn.Module):
         mask : torch.Tensor
             ``(B, 1, T, T_past + T)`` bool attention mask.
         past : tuple of torch.Tensor, optional
-            Cached ``(keys, values)``, each ``(B, H, T_past, D_h)``.
+            Cached ``(keys, values)``, each ``(B, H, T_past, D_h)``; with ``filled``,
+            preallocated buffers ``(B, H, capacity, D_h)`` whose first ``filled``
+            (= ``T_past``) steps hold the past.
 
         Returns
         -------
         torch.Tensor
             ``(B, T, D)``.
         tuple of torch.Tensor
-            Keys and values including the new steps, ``(B, H, T_past + T, D_h)``.
+            Keys and values including the new steps, ``(B, H, T_past + T, D_h)``
+            (with ``filled``: the same buffers, the new steps written in place).
         """
         batch, time, dim = x.shape
         qkv = self.qkv(self.norm1(x)).view(batch, time, 3, self.num_heads, dim // self.num_heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4)
-        if past is not None:
+        cached = None
+        if past is not None and filled is not None:
+            end = filled + time
+            past[0][:, :, filled:end] = key
+            past[1][:, :, filled:end] = value
+            cached = past
+            key, value = past[0][:, :, :end], past[1][:, :, :end]
+        elif past is not None:
             key = torch.cat([past[0], key], dim=2)
             value = torch.cat([past[1], value], dim=2)
         attended = F.scaled_dot_product_attention(
@@ -141,7 +177,7 @@ class TransformerLayer(nn.Module):
         attended = attended.transpose(1, 2).reshape(batch, time, dim)
         x = x + self.dropout(self.out(attended))
         x = x + self.dropout(self.ffn(self.norm2(x)))
-        return x, (key, value)
+        return x, cached or (key, value)
 
 
 class TransformerStack(nn.Module):
@@ -173,13 +209,17 @@ class TransformerStack(nn.Module):
         returned. Otherwise the second output is None.
         """
         past_length = 0 if cache is None else cache.length
+        if cache is not None and cache.capacity and past_length + x.shape[1] > cache.capacity:
+            cache = cache.reserve(2 * (past_length + x.shape[1]))
+        filled = past_length if cache is not None and cache.capacity else None
         key_valid = valid if cache is None else torch.cat([cache.key_valid, valid], dim=1)
         mask = attention_mask(key_valid, x.shape[1], past_length, self.causal)
         keys, values = [], []
         for index, layer in enumerate(self.layers):
             past = None if cache is None else (cache.keys[index], cache.values[index])
-            x, (key, value) = layer(x, mask, past)
+            x, (key, value) = layer(x, mask, past, filled)
             keys.append(key)
             values.append(value)
-        new_cache = KVCache(keys, values, key_valid) if (use_cache or cache is not None) else None
+        capacity = cache.capacity if cache is not None else 0
+        new_cache = KVCache(keys, values, key_valid, capacity) if (use_cache or cache is not None) else None
         return self.norm(x), new_cache

@@ -408,22 +408,32 @@ class UnitTransformerDecoder(UnitDecoder):
         last = hidden[:, -1]
 
         steps = int(max_len.max())
+        if use_cache:
+            cache = cache.reserve(width + steps)  # steps write in place instead of copying the cache
         units = torch.full((batch, steps), -1, dtype=torch.long, device=device)
         lengths = torch.zeros(batch, dtype=torch.long, device=device)
-        finished = torch.zeros(batch, dtype=torch.bool, device=device)
-        step_valid = torch.ones(batch, 1, dtype=torch.bool, device=device)
+        # Rows still generating (indices into the batch): a row leaves the batch when it
+        # stops, so the remaining steps run only the rows that need them. Each row's
+        # computation never depends on the others, so the outputs stay the same.
+        active = torch.arange(batch, device=device)
         for step in range(steps):
             logits = self.head(last)
-            logits[:, self.eos] = logits[:, self.eos].masked_fill(step < min_len, -math.inf)
+            logits[:, self.eos] = logits[:, self.eos].masked_fill(step < min_len[active], -math.inf)
             choice = self._pick(logits, top_k, temperature, generator)
-            stop = (choice == self.eos) | (step >= max_len)
-            emit = ~finished & ~stop
-            units[emit, step] = choice[emit]
-            lengths += emit.long()
-            finished |= stop
-            if bool(finished.all()):
+            stop = (choice == self.eos) | (step >= max_len[active])
+            emit = ~stop
+            units[active[emit], step] = choice[emit]
+            lengths[active[emit]] += 1
+            if bool(stop.all()):
                 break
+            if bool(stop.any()):
+                active, choice, keep = active[emit], choice[emit], emit
+                if use_cache:
+                    cache = cache.select(keep)
+                else:
+                    sequence, valid = sequence[keep], valid[keep]
             new = self.unit_embedding(choice.clamp(max=self.num_units - 1)) + self.positions[step]
+            step_valid = torch.ones(active.shape[0], 1, dtype=torch.bool, device=device)
             if use_cache:
                 hidden, cache = self.core(new[:, None], step_valid, cache=cache)
             else:
