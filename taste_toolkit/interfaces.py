@@ -534,6 +534,57 @@ class Speaker(nn.Module, abc.ABC, Plugin):
         """``(B, S)`` waveforms at ``sample_rate`` -> ``(B, D)`` vectors (``None`` when ``D`` is 0)."""
 
 
+class WordSegmenter(abc.ABC, Plugin):
+    """Splits a normalized transcript into words, the units TASTE pools speech over.
+
+    Segmenters get text already normalized by the language's normalizer
+    (:mod:`taste_toolkit.text_normalization`) and return its words in order:
+    non-empty strings without whitespace whose concatenation is the text minus
+    its whitespace. :meth:`attach_punctuation` is the shared rule for
+    punctuation tokens: opening marks join the next word, the rest the previous.
+    """
+
+    @abc.abstractmethod
+    def segment(self, text: str) -> List[str]:
+        """Words of ``text`` (an empty list when it has none)."""
+
+    @staticmethod
+    def attach_punctuation(tokens: List[str]) -> List[str]:
+        """Merge punctuation-only tokens into a neighbouring word.
+
+        Opening punctuation (``(``, ``“``, ``¿``: Unicode ``Ps``/``Pi``, and
+        ``¿``/``¡``) joins the next token; any other punctuation joins the
+        previous one (the next one at the start). Tokens that are all
+        punctuation stay as they are (the caller reports an empty segmentation).
+        """
+        import unicodedata
+
+        def punct(tok):
+            return bool(tok) and all(unicodedata.category(c).startswith("P") for c in tok)
+
+        def opening(tok):
+            return all(unicodedata.category(c) in ("Ps", "Pi") or c in "\u00bf\u00a1" for c in tok)
+
+        out, pending = [], ""
+        for tok in tokens:
+            if not tok:
+                continue
+            if punct(tok):
+                if out and not opening(tok) and not pending:
+                    out[-1] += tok
+                else:
+                    pending += tok
+                continue
+            out.append(pending + tok)
+            pending = ""
+        if pending:
+            if out:
+                out[-1] += pending
+            else:
+                out.append(pending)
+        return out
+
+
 BASES = {
     "encoder": Encoder,
     "aggregator": Aggregator,
@@ -547,4 +598,5 @@ BASES = {
     "fusion": Fusion,
     "metric": Metric,
     "codec": Codec,
+    "segmenter": WordSegmenter,
 }

@@ -58,6 +58,7 @@ KINDS = (
     "fusion",
     "metric",
     "codec",
+    "segmenter",
 )
 
 ENTRY_POINT_GROUP = "taste_toolkit.plugins"
@@ -427,4 +428,9 @@ def describe(kind=None):
             for opt, default in plugin_options(cls).items():
                 shown = "(required)" if default is inspect.Parameter.empty else repr(default)
                 lines.append(f"      {opt} = {shown}")
+        if k == "segmenter":
+            # Which segmenter and normalizers each language uses (taste_toolkit.languages).
+            from taste_toolkit.languages import describe_languages
+
+            lines.extend(describe_languages())
     return "\n".join(lines)
