@@ -123,6 +123,11 @@ def configure_make_corpus(parser):
         help="probability that a word gets one recorded prosody label (default: 0.3)",
     )
     parser.add_argument(
+        "--language", default="en", metavar="LANG",
+        help="corpus language: en, es, de, fr (fr-fr) or cmn (zh); other languages' sentences come "
+        "from the template grammars in taste_toolkit/data/sentences (default: en)",
+    )
+    parser.add_argument(
         "--no-progress", action="store_true", help="do not show the progress bar",
     )
 
@@ -139,6 +144,7 @@ def run_make_corpus(args):
         num_workers=args.workers,
         prosody_probability=args.prosody_probability,
         progress=not args.no_progress,
+        language=args.language,
     )
     # The per-speaker voice table is long and fixed; the rest is what a user checks.
     print(json.dumps({k: v for k, v in summary.items() if k != "speakers"}, indent=1))

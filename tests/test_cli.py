@@ -92,7 +92,7 @@ def test_make_corpus_wires_arguments(monkeypatch, tmp_path, capsys):
     assert code == 0
     assert calls == [(str(tmp_path), dict(
         seed=5, num_speakers=3, utterances_per_split={"train": 4, "dev": 2, "test": 1},
-        num_workers=0, prosody_probability=0.3, progress=False))]
+        num_workers=0, prosody_probability=0.3, progress=False, language="en"))]
     assert '"total_utterances": 7' in out and "speakers" not in out
 
     def failing(root, **kwargs):

@@ -1,4 +1,4 @@
-"""Embedded default corpus: multi-speaker synthetic English speech in LibriSpeech layout.
+"""Embedded default corpus: multi-speaker synthetic speech (English, or es/de/fr/cmn) in LibriSpeech layout.
 
 Nothing can be downloaded here, so the toolkit's default data is synthesized
 with espeak-ng (through :mod:`taste_toolkit.data.espeak`): distinct voices play
@@ -13,7 +13,12 @@ Layout written (identical to LibriSpeech, so the LibriSpeech preparation reads i
     root/<split>/metadata.jsonl    words, prosody labels, word times (s), duration
     root/.corpus_done.json         options + summary; makes generation idempotent
 
-Run ``python -m taste_toolkit.data.synthetic_corpus --root DIR``.
+Other languages (``language="es"``, ``"de"``, ``"fr"``, ``"cmn"``) draw sentences from
+the template grammars of :mod:`taste_toolkit.data.corpus_languages` and speak them with
+that language's espeak-ng voices; transcripts keep the templates' spelling (English
+is upper case, as LibriSpeech), and the metadata is the same.
+
+Run ``python -m taste_toolkit.data.synthetic_corpus --root DIR [--language es]``.
 """
 
 import argparse
@@ -26,6 +31,7 @@ import time
 
 import numpy as np
 
+from taste_toolkit.data import corpus_languages
 from taste_toolkit.data.espeak import get_synthesizer
 from taste_toolkit.errors import ConfigError, DataPreparationError
 
@@ -131,12 +137,16 @@ def librispeech_durations(rng, count):
     return np.clip(out, p["low"], p["high"])
 
 
-def _words_for_duration(rng, seconds, rate_wpm):
-    """Grammar sentences joined until ``seconds`` of speech at ``rate_wpm``, cut at a word (>= 2 words)."""
+def _words_for_duration(rng, seconds, rate_wpm, sentence=None):
+    """Grammar sentences joined until ``seconds`` of speech at ``rate_wpm``, cut at a word (>= 2 words).
+
+    ``sentence(rng)`` draws one sentence (default: the English :func:`make_sentence`).
+    """
+    sentence = sentence or make_sentence
     target = max(2, int(round(seconds * rate_wpm / 60.0)))
     words = []
     while len(words) < target:
-        words += make_sentence(rng)
+        words += sentence(rng)
     return words[:target]
 
 
@@ -281,8 +291,17 @@ def _render(job):
     return record
 
 
+def _language_tables(language):
+    """``(voice table, sentence(rng) -> words, words -> transcript)`` of a corpus language."""
+    if language == "en":  # the original English path, unchanged
+        return SPEAKER_VOICES, make_sentence, lambda words: " ".join(words).upper()
+    return (corpus_languages.speaker_voices(language),
+            lambda rng: corpus_languages.make_sentence_in(rng, language), " ".join)
+
+
 def _plan(root, options):
     """All utterances (text, labels, paths) drawn from one seeded RNG, before any synthesis."""
+    voices, sentence, transcript = _language_tables(options.get("language", "en"))
     rng = np.random.default_rng(options["seed"])
     p = options["prosody_probability"]
     durations = options.get("durations", "embedded")
@@ -291,20 +310,20 @@ def _plan(root, options):
     jobs = []
     for split_index, (split, count) in enumerate(options["utterances_per_split"].items()):
         for spk_index in range(options["num_speakers"]):
-            voice, _, pitch, rate = SPEAKER_VOICES[spk_index]
+            voice, _, pitch, rate = voices[spk_index]
             spk, chapter = 1001 + spk_index, 100 * (split_index + 1) + spk_index
             for utt in range(count):
                 target = None
                 if durations == "embedded":
-                    words = make_sentence(rng)
+                    words = sentence(rng)
                 else:
                     target = float(librispeech_durations(length_rng, 1)[0])
-                    words = _words_for_duration(rng, target, rate)
+                    words = _words_for_duration(rng, target, rate, sentence)
                 draw = rng.random(len(words))
                 kinds = rng.integers(len(PROSODY_LABELS), size=len(words))
                 labels = [PROSODY_LABELS[k] if d < p else None for d, k in zip(draw, kinds)]
                 uid = f"{spk}-{chapter}-{utt:04d}"
-                text = " ".join(words).upper()
+                text = transcript(words)
                 jobs.append(dict(
                     root=root, split=split, id=uid, speaker=spk, chapter=chapter, voice=voice,
                     rate=rate, pitch=pitch, words=text.split(), text=text, prosody=labels,
@@ -314,11 +333,13 @@ def _plan(root, options):
     return jobs
 
 
-def _check_options(num_speakers, utterances_per_split, prosody_probability, num_workers, durations="embedded"):
+def _check_options(num_speakers, utterances_per_split, prosody_probability, num_workers, durations="embedded",
+                   language="en"):
     if durations not in DURATION_DISTRIBUTIONS:
         raise ConfigError(f"durations must be one of {DURATION_DISTRIBUTIONS}, got {durations!r}.")
-    if not 1 <= num_speakers <= len(SPEAKER_VOICES):
-        raise ConfigError(f"num_speakers must be 1..{len(SPEAKER_VOICES)}, got {num_speakers}.")
+    voices = _language_tables(language)[0]
+    if not 1 <= num_speakers <= len(voices):
+        raise ConfigError(f"num_speakers must be 1..{len(voices)} for language {language!r}, got {num_speakers}.")
     if not utterances_per_split:
         raise ConfigError("utterances_per_split is empty; give e.g. {'train': 60}.")
     for split, count in utterances_per_split.items():
@@ -345,7 +366,8 @@ def _remove_previous(root):
 
 
 def generate_corpus(root, seed=1234, num_speakers=8, utterances_per_split=None,
-                    num_workers=2, prosody_probability=0.3, progress=True, durations="embedded"):
+                    num_workers=2, prosody_probability=0.3, progress=True, durations="embedded",
+                    language="en"):
     """Generate (or reuse) the synthetic corpus under ``root``.
 
     Parameters
@@ -368,6 +390,10 @@ def generate_corpus(root, seed=1234, num_speakers=8, utterances_per_split=None,
         Utterance-length mix (:data:`DURATION_DISTRIBUTIONS`): ``"embedded"`` (one
         sentence each, ~2-8 s) or ``"librispeech-train-clean-100"`` (lengths drawn
         from :func:`librispeech_durations`, ~1.3-24.5 s, mean ~12.7 s).
+    language : str
+        ``"en"`` (default), ``"es"``, ``"de"``, ``"fr"`` (or ``"fr-fr"``) or ``"cmn"``
+        (or ``"zh"``); see :mod:`taste_toolkit.data.corpus_languages`. An unknown
+        code is a :class:`~taste_toolkit.errors.ConfigError` listing the available ones.
 
     Returns
     -------
@@ -379,13 +405,16 @@ def generate_corpus(root, seed=1234, num_speakers=8, utterances_per_split=None,
 
     if utterances_per_split is None:
         utterances_per_split = {"train": 60, "dev": 5, "test": 5}
-    _check_options(num_speakers, utterances_per_split, prosody_probability, num_workers, durations)
+    language = corpus_languages.canonical_language(language)
+    _check_options(num_speakers, utterances_per_split, prosody_probability, num_workers, durations, language)
     root = os.path.abspath(os.fspath(root))
     options = dict(version=CORPUS_VERSION, seed=int(seed), num_speakers=int(num_speakers),
                    utterances_per_split=dict(utterances_per_split),
                    prosody_probability=float(prosody_probability))
     if durations != "embedded":  # only then, so corpora made before the option stay valid
         options["durations"] = durations
+    if language != "en":  # likewise: English corpora keep their options (and .corpus_done.json)
+        options["language"] = language
     done_path = os.path.join(root, DONE_FILE)
     if os.path.exists(done_path):
         with open(done_path, encoding="utf-8") as f:
@@ -439,7 +468,7 @@ def generate_corpus(root, seed=1234, num_speakers=8, utterances_per_split=None,
         "total_hours": round(sum(s["hours"] for s in splits.values()), 4),
         "seconds_taken": round(time.time() - started, 2),
         "speakers": [dict(id=1001 + i, voice=v, gender=g, pitch=p, rate=r)
-                     for i, (v, g, p, r) in enumerate(SPEAKER_VOICES[:num_speakers])],
+                     for i, (v, g, p, r) in enumerate(_language_tables(language)[0][:num_speakers])],
     }
     _write_text(done_path, json.dumps({"options": options, "summary": summary}, indent=1))
     os.remove(os.path.join(root, PROGRESS_FILE))
@@ -459,11 +488,14 @@ def main(argv=None):
     parser.add_argument("--prosody-probability", type=float, default=0.3)
     parser.add_argument("--durations", default="embedded", choices=DURATION_DISTRIBUTIONS,
                         help="utterance-length mix (default: embedded, one sentence each)")
+    parser.add_argument("--language", default="en",
+                        help=f"corpus language, one of {corpus_languages.available_languages()} (default: en)")
     args = parser.parse_args(argv)
     summary = generate_corpus(
         args.root, seed=args.seed, num_speakers=args.num_speakers,
         utterances_per_split={"train": args.train, "dev": args.dev, "test": args.test},
-        num_workers=args.workers, prosody_probability=args.prosody_probability, durations=args.durations)
+        num_workers=args.workers, prosody_probability=args.prosody_probability, durations=args.durations,
+        language=args.language)
     print(json.dumps({k: v for k, v in summary.items() if k != "speakers"}, indent=1))
     return summary
 
