@@ -277,3 +277,27 @@ class WordSplitter:
         logger.warning("Dropped %d %s letter(s) %r from %r (foreign_script: drop; %d dropped so far).",
                        len(foreign), scripts, shown, raw, self.counts["dropped_characters"])
         return " ".join(kept.split())
+
+
+def word_splitter(language="", segmenter="", foreign_script="error", lowercase=True):
+    """The :class:`WordSplitter` a text tokenizer uses, or ``None`` for the historical path.
+
+    ``language=""`` (tokenizers saved before languages existed) keeps the
+    historical English behaviour: NFC, lower case, whitespace words, no script
+    check. Any language code routes tokenization through its normalizer and
+    segmenter; ``segmenter`` overrides the language's (e.g. ``character``).
+
+    Raises
+    ------
+    ConfigError
+        ``segmenter`` without ``language``, an unknown language, segmenter or policy.
+    """
+    if not language:
+        if segmenter:
+            raise ConfigError(f"segmenter {segmenter!r} needs a language: set the text tokenizer's language "
+                              f"(one of {', '.join(available_languages())}).")
+        if foreign_script not in FOREIGN_SCRIPT_POLICIES:
+            raise ConfigError(f"foreign_script must be one of {', '.join(FOREIGN_SCRIPT_POLICIES)}; "
+                              f"got {foreign_script!r}.")
+        return None
+    return WordSplitter(language, segmenter=segmenter, foreign_script=foreign_script, lowercase=lowercase)

@@ -37,6 +37,10 @@ class SentencePieceTextTokenizer(TextTokenizer):
         Train with byte pieces so characters unseen in training still
         round-trip through ``decode``; needs ``vocab_size`` >= 256 + the number
         of distinct characters. Without it such characters become ``<unk>``.
+    language, segmenter, foreign_script : str
+        Word segmentation of the transcripts, as for the ``whisper`` text
+        tokenizer (:func:`taste_toolkit.languages.word_splitter`); ``language=""``
+        keeps the historical whitespace words.
 
     Example
     -------
@@ -56,7 +60,12 @@ class SentencePieceTextTokenizer(TextTokenizer):
         model_type: str = "bpe",
         lowercase: bool = True,
         byte_fallback: bool = True,
+        language: str = "",
+        segmenter: str = "",
+        foreign_script: str = "error",
     ):
+        from taste_toolkit.languages import word_splitter
+
         if model_type not in ("bpe", "unigram", "char", "word"):
             raise ConfigError(f"model_type must be bpe, unigram, char or word; got {model_type!r}.")
         if vocab_size < 8:
@@ -65,6 +74,8 @@ class SentencePieceTextTokenizer(TextTokenizer):
         self.model_type = model_type
         self.lowercase = lowercase
         self.byte_fallback = byte_fallback
+        self.language = language
+        self.words = word_splitter(language, segmenter, foreign_script, lowercase)
         self.model_path = ""
         self._sp = None
         if model_path:
@@ -105,7 +116,7 @@ class SentencePieceTextTokenizer(TextTokenizer):
         import sentencepiece as spm
 
         # Same normalization as at encoding time; empty lines carry no text to learn.
-        sentences = [" ".join(normalize_transcript(t, self.lowercase)) for t in transcripts if t and t.strip()]
+        sentences = [" ".join(self.normalize(t)) for t in transcripts if t and t.strip()]
         if not sentences:
             raise InputError("No non-empty transcript to fit the SentencePiece tokenizer on.")
         n_chars = len(set("".join(sentences)) - {" "})
@@ -150,7 +161,9 @@ class SentencePieceTextTokenizer(TextTokenizer):
         return self._require_model().get_piece_size()
 
     def normalize(self, text):
-        """Words of ``text`` after normalization."""
+        """Words of ``text``: the language's segmentation, or :func:`normalize_transcript`."""
+        if self.words is not None:
+            return self.words.split(text)
         return normalize_transcript(text, self.lowercase)
 
     def encode_words(self, text: str) -> TokenizedText:

@@ -46,6 +46,17 @@ class WhisperTextTokenizer(TextTokenizer):
     lowercase : bool
         Lower-case transcripts first (LibriSpeech is upper case; Whisper was
         trained on cased text, where upper-case words split into many pieces).
+    language : str
+        Language of the transcripts (``en``, ``es``, ``cmn``, see
+        :mod:`taste_toolkit.languages`): its normalizer and word segmenter make
+        the words. ``""`` = the historical English path (NFC, whitespace words).
+        Words of a language written without spaces are encoded without the
+        leading space.
+    segmenter : str
+        Segmenter plugin overriding the language's (``character``); ``""`` = the language's.
+    foreign_script : str
+        ``error``, ``keep`` or ``drop`` letters of a script the language does not
+        use (see :class:`taste_toolkit.languages.WordSplitter`).
 
     Example
     -------
@@ -57,11 +68,15 @@ class WhisperTextTokenizer(TextTokenizer):
     [0, 1]
     """
 
-    def __init__(self, source: str = "builtin:tiny.en", lowercase: bool = True):
+    def __init__(self, source: str = "builtin:tiny.en", lowercase: bool = True, language: str = "",
+                 segmenter: str = "", foreign_script: str = "error"):
+        from taste_toolkit.languages import word_splitter
         from taste_toolkit.pretrained.ctranslate2_whisper import resolve_whisper_source
 
         self.source = source
         self.lowercase = lowercase
+        self.language = language
+        self.words = word_splitter(language, segmenter, foreign_script, lowercase)
         resolved = resolve_whisper_source(source)
         self._tokenizer = self._load(resolved)
         self._first_special_id = self.end_of_text_id  # every id from here on is special or a timestamp
@@ -125,7 +140,9 @@ class WhisperTextTokenizer(TextTokenizer):
 
     # ------------------------------------------------------------- encoding
     def normalize(self, text):
-        """Words of ``text`` after normalization (see :func:`normalize_transcript`)."""
+        """Words of ``text``: the language's segmentation, or :func:`normalize_transcript`."""
+        if self.words is not None:
+            return self.words.split(text)
         return normalize_transcript(text, self.lowercase)
 
     def encode_words(self, text: str) -> TokenizedText:
@@ -137,7 +154,8 @@ class WhisperTextTokenizer(TextTokenizer):
             Empty transcript, or a word that spells a Whisper special token.
         """
         words = self.normalize(text)
-        encodings = self._tokenizer.encode_batch([" " + w for w in words], add_special_tokens=False)
+        space = " " if self.words is None or self.words.language.spaced else ""
+        encodings = self._tokenizer.encode_batch([space + w for w in words], add_special_tokens=False)
         ids, word_ids = [], []
         for index, (word, enc) in enumerate(zip(words, encodings)):
             if not enc.ids:  # cannot happen with byte-level BPE; guard the no-dropping promise
