@@ -13,6 +13,7 @@ Configuration (plain YAML, no tags; see ``hparams/evaluate/reconstruction.yaml``
     metrics:
       - {name: wer}                                        # registered metric plugin
       - {name: wer, label: wer_large, options: {model: openai/whisper-large-v3}}
+    language: en             # references' language: WER or CER, normalizer, ASR language
     reference_system: text_only   # paired bootstrap of every other system vs this one
     bootstrap: {num_resamples: 10000, seed: 0, confidence: 0.95}
 
@@ -101,6 +102,10 @@ def validate_config(config):
             raise ConfigError(f"The evaluation config needs {key!r}.")
     config["decoding"] = {**DEFAULT_DECODING, **(config.get("decoding") or {})}
     config.setdefault("match_rms", True)
+    # Language of the references: the ASR metric's language, normalizer and WER/CER.
+    from taste_toolkit.languages import get_language
+
+    config["language"] = get_language(config.get("language") or "en").code
     names = [s.get("name") for s in config["systems"]]
     if any(not isinstance(n, str) or not n or "/" in n for n in names) or len(set(names)) != len(names):
         raise ConfigError(f"System names must be unique non-empty strings without '/': {names}.")
@@ -329,7 +334,7 @@ class Evaluation:
         for entry in self.config["metrics"]:
             label = entry.get("label", entry["name"])
             try:
-                metric = build("metric", entry["name"], entry.get("options") or {})
+                metric = build("metric", entry["name"], entry.get("options") or {}, language=self.config["language"])
             except TasteError as exc:
                 self.skipped_metrics[label] = str(exc)
                 continue
@@ -340,7 +345,10 @@ class Evaluation:
                 metric.close()
                 continue
             csv_path = os.path.join(self.out, "scores", f"{label}.csv")
-            _check_spec(csv_path[:-4] + ".json", {k: entry.get(k) for k in ("name", "options")}, f"Metric {label!r}",
+            spec = {k: entry.get(k) for k in ("name", "options")}
+            if self.config["language"] != "en":  # English specs stay as before, so their scores are reused
+                spec["language"] = self.config["language"]
+            _check_spec(csv_path[:-4] + ".json", spec, f"Metric {label!r}",
                         f"delete {csv_path} or use another output_folder.")
             self.metrics[label] = metric
             fields = ["system", "id", "output_id", "error", *metric.fields]

