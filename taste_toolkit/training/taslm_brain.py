@@ -4,12 +4,22 @@ Metrics per stage: loss, text perplexity (with the TASTE stream), TASTE token
 accuracy per RVQ layer (top-1 of the token head; codes of the re-quantized mean
 for the embedding head). Only trainable parameters reach the optimizer and the
 checkpoint (see :class:`taste_toolkit.taslm.model.TrainableParameters`).
+
+Resuming is exact as for stage 1 (:class:`~taste_toolkit.training.tokenizer_brain.TasteTokenizerBrain`):
+atomic, checksummed checkpoints, ``--ckpt_interval_steps=N`` on the command line
+wins over the YAML's ``ckpt_interval_minutes``, and the training loader draws its
+worker seed from its own generator, so a run killed mid-epoch and restarted ends
+with the weights of an uninterrupted run (CPU, fixed seed).
 """
 
 import logging
 import math
 
 import speechbrain as sb
+import torch
+
+from taste_toolkit.training.checkpoints import make_robust
+from taste_toolkit.training.tokenizer_brain import _steps_win_over_minutes, unwrap_ddp
 
 logger = logging.getLogger(__name__)
 
@@ -17,8 +27,18 @@ logger = logging.getLogger(__name__)
 class TaslmBrain(sb.Brain):
     """Trains ``modules.model`` (a :class:`~taste_toolkit.taslm.model.TaslmModel`).
 
-    Expected hparams: ``train_logger``, ``output_folder``, optional ``lr_annealing``.
+    Expected hparams: ``train_logger``, ``output_folder``, ``seed``, optional ``lr_annealing``.
     """
+
+    def __init__(self, modules=None, opt_class=None, hparams=None, run_opts=None, checkpointer=None):
+        super().__init__(modules, opt_class, hparams, _steps_win_over_minutes(run_opts), make_robust(checkpointer))
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        # Iterating a DataLoader without a generator draws its base seed from the global
+        # RNG: a run resumed mid-epoch would be one draw off (other LoRA dropout masks).
+        if stage == sb.Stage.TRAIN and not loader_kwargs.get("generator"):
+            loader_kwargs["generator"] = torch.Generator().manual_seed(int(getattr(self.hparams, "seed", 0) or 0))
+        return super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
 
     def init_optimizers(self):
         """One optimizer over the trainable parameters only (the frozen LM has none in it)."""
@@ -68,7 +88,7 @@ class TaslmBrain(sb.Brain):
             if annealing is not None:
                 _, new = annealing(stats["loss"])
                 sb.nnet.schedulers.update_learning_rate(self.optimizer, new)
-            fusion = self.modules.model.fusion if hasattr(self.modules.model, "fusion") else None
+            fusion = getattr(unwrap_ddp(self.modules.model), "fusion", None)  # DDP under torchrun
             if fusion is not None and hasattr(fusion, "weights"):
                 stats["fusion_speech_weight"] = round(float(fusion.weights[1]), 4)
             self.hparams.train_logger.log_stats({"epoch": epoch, "lr": lr}, self.train_stats, stats)

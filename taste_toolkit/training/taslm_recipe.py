@@ -124,6 +124,11 @@ def main(argv):
     records = {s: encode_manifest(tokenizer, manifests[s], hparams["token_cache"]) for s in splits}
     minimal_pairs = prepare_minimal_pairs(hparams, tokenizer)  # before training: fails early, cached
     source = prepare_backbone(hparams, records)
+    # Building the caches above (tokens, minimal pairs, text LM) draws random numbers only
+    # when they do not exist yet: reseed, so the model and its training do not depend on it.
+    from speechbrain.utils import seed_everything
+
+    seed_everything(hparams["seed"])
 
     head_name, fusion_name = hparams["lm_head_name"], hparams["fusion_name"]
     codebook = SpeechCodebook.from_quantizer(tokenizer.model.quantizer)
