@@ -12,6 +12,12 @@ the alignment heads are computed explicitly. ``attention_implementation: eager``
 computes every attention explicitly (softmax of ``QK^T``), as the official code
 does for its key/value split; both give the same outputs (within float rounding),
 ``eager`` only exists to measure the difference (``benchmarks/run.py``).
+
+With ``init_from_whisper`` the decoder is Whisper's whatever the encoder and the
+text tokenizer (:mod:`._whisper_query`): an encoder of another width gets
+key/value input projections to the decoder's width; a vocabulary that is not
+Whisper's (sentencepiece) gets a random-initialized query embedding and no
+Whisper prompt; a multilingual Whisper's prompt carries ``language`` and ``task``.
 """
 
 import logging
@@ -21,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from taste_toolkit.errors import ConfigError, InputError, MissingResourceError
+from taste_toolkit.errors import ConfigError, InputError
 from taste_toolkit.interfaces import Aggregator, AggregatorOutput
+from taste_toolkit.plugins.aggregator._whisper_query import whisper_alignment_heads as _whisper_alignment_heads
 from taste_toolkit.registry import register
 
 logger = logging.getLogger(__name__)
@@ -139,21 +146,6 @@ def word_mean_pool(x, word_ids, token_lengths):
     return sums / counts.clamp(min=1)[..., None], word_lengths
 
 
-def _whisper_alignment_heads(source, num_layers):
-    """Whisper's ``alignment_heads`` (layer, head) within the first ``num_layers`` layers."""
-    import json
-    import os
-
-    from taste_toolkit.pretrained.ctranslate2_whisper import resolve_whisper_source
-
-    path = os.path.join(resolve_whisper_source(source), "generation_config.json")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        heads = json.load(f).get("alignment_heads") or []
-    return [[int(l), int(h)] for l, h in heads if l < num_layers]
-
-
 @register("aggregator", "cross_attention")
 class CrossAttentionAggregator(Aggregator):
     """Text-queried cross-attention over encoder frames (K = deep tap, V = shallow tap).
@@ -165,7 +157,7 @@ class CrossAttentionAggregator(Aggregator):
     key_dim, value_dim : int
         Feature sizes of the encoder taps.
     d_model : int
-        Width; 0 = ``key_dim``.
+        Width; 0 = the Whisper decoder's with ``init_from_whisper``, else ``key_dim``.
     num_layers, num_heads, ffn_dim : int
         Layer geometry (``ffn_dim`` 0 = 4 * d_model).
     dropout : float
@@ -182,7 +174,12 @@ class CrossAttentionAggregator(Aggregator):
         embeddings, positions and first ``num_layers`` layers initialize this module,
         and whose decoder prompt (start-of-transcript ...) is prepended to the
         queries (their outputs are discarded), as the official model does. Empty =
-        random init, no prompt.
+        random init, no prompt. The decoder keeps Whisper's width: encoder taps of
+        another width (``key_dim``/``value_dim``) go through key/value input
+        projections (``key_in``/``value_in``, trained). A text vocabulary that is
+        not Whisper's (``vocab_size`` differs, e.g. sentencepiece) gets a
+        random-initialized, trained query embedding (Whisper's scale) and no
+        prompt; positions and layers still come from Whisper (logged).
     freeze_embeddings : bool
         Keep token and position embeddings frozen.
     use_whisper_prompt : bool
@@ -229,6 +226,14 @@ class CrossAttentionAggregator(Aggregator):
         delimits them; needs ``supervised_heads``. On the embedded corpus the
         final state is dominated by the text and its codebooks collapse
         (RESULTS.md, session 6).
+    language : str
+        Language of the Whisper prompt (toolkit code ``es``/``cmn`` or Whisper's
+        ``zh``; ``""`` = English): ``<|lang|>`` after start-of-transcript for a
+        multilingual Whisper (the paper's ``[50258, 50259, 50360, 50364]``).
+        English-only Whispers (``tiny.en``) have no language token: they serve
+        as an acoustic front end for any language.
+    task : str
+        ``transcribe`` or ``translate``: the prompt's task token (multilingual only).
     """
 
     def __init__(
@@ -253,6 +258,8 @@ class CrossAttentionAggregator(Aggregator):
         supervised_heads="",
         log_width_scale: float = 0.0,
         readout: str = "state",
+        language: str = "",
+        task: str = "transcribe",
     ):
         super().__init__()
         if query_state not in QUERY_STATES:
@@ -261,25 +268,52 @@ class CrossAttentionAggregator(Aggregator):
         if word_pooling not in ("mean", "none"):
             raise ConfigError(f"word_pooling must be 'mean' or 'none', got {word_pooling!r}.")
         self.vocab_size, self.key_dim, self.value_dim = vocab_size, key_dim, value_dim
+        whisper = None
+        if init_from_whisper:
+            from taste_toolkit.plugins.aggregator._whisper_query import whisper_decoder_config, whisper_geometry
+
+            whisper = whisper_decoder_config(init_from_whisper)
+            d_model = whisper_geometry(init_from_whisper, whisper, d_model, num_layers, num_heads, ffn_dim,
+                                       max_positions)
         self.d_model = d_model or key_dim
         self.word_pooling = word_pooling
         self.max_positions = max_positions
         self.embed_tokens = nn.Embedding(vocab_size, self.d_model)
         self.embed_positions = nn.Embedding(max_positions, self.d_model)
+        # With Whisper's decoder, taps of another width are projected to it first (key_in/value_in).
+        layer_kdim, layer_vdim = (self.d_model, self.d_model) if whisper is not None else (key_dim, value_dim)
         self.layers = nn.ModuleList(
-            AggregatorLayer(self.d_model, num_heads, ffn_dim or 4 * self.d_model, key_dim, value_dim, dropout,
+            AggregatorLayer(self.d_model, num_heads, ffn_dim or 4 * self.d_model, layer_kdim, layer_vdim, dropout,
                             attention_implementation)
             for _ in range(num_layers)
         )
         self.layer_norm = nn.LayerNorm(self.d_model)
         self.register_buffer("prefix_ids", torch.zeros(0, dtype=torch.long))
+        self.key_in = nn.Linear(key_dim, self.d_model) if layer_kdim != key_dim else None
+        self.value_in = nn.Linear(value_dim, self.d_model) if layer_vdim != value_dim else None
+        if self.key_in is not None or self.value_in is not None:
+            logger.info("cross_attention: encoder taps of width %d/%d are projected to the Whisper decoder's %d "
+                        "(key/value input projections, trained).", key_dim, value_dim, self.d_model)
         self.alignment_heads = [[int(l), int(h)] for l, h in alignment_heads]
+        self.whisper_vocabulary = True
         if init_from_whisper:
-            self._init_from_whisper(init_from_whisper, num_layers, use_whisper_prompt)
+            from taste_toolkit.plugins.aggregator._whisper_query import same_vocabulary
+
+            self.whisper_vocabulary = same_vocabulary(vocab_size, whisper)
+            if not self.whisper_vocabulary:
+                logger.warning(
+                    "cross_attention: the text vocabulary has %d ids, not the %d of Whisper %r (e.g. a sentencepiece "
+                    "tokenizer): the query embedding is random-initialized and trained, and no Whisper prompt is "
+                    "used; positions and decoder layers still come from Whisper.", vocab_size, whisper.vocab_size,
+                    init_from_whisper)
+            self._init_from_whisper(init_from_whisper, num_layers, use_whisper_prompt and self.whisper_vocabulary,
+                                    language, task)
             if not self.alignment_heads:
                 self.alignment_heads = _whisper_alignment_heads(init_from_whisper, num_layers)
-        if query_state == "predicting" and init_from_whisper and not use_whisper_prompt:
-            raise ConfigError(PREDICTING_NEEDS_PROMPT)
+        if query_state == "predicting" and init_from_whisper and not self.prefix_ids.numel():
+            raise ConfigError(PREDICTING_NEEDS_PROMPT if self.whisper_vocabulary else
+                              "query_state 'predicting' needs the Whisper prompt, which a text vocabulary that is "
+                              "not Whisper's cannot give: use query_state: token.")
         bad = [[l, h] for l, h in self.alignment_heads if not (0 <= l < num_layers and 0 <= h < num_heads)]
         if bad:
             raise ConfigError(f"alignment_heads {bad} are outside {num_layers} layers x {num_heads} heads.")
@@ -299,7 +333,8 @@ class CrossAttentionAggregator(Aggregator):
         if value_identity_init:
             self._identity_values()
         if freeze_embeddings:
-            self.embed_tokens.requires_grad_(False)
+            # A random query embedding (vocabulary not Whisper's) trains; frozen, it would stay noise.
+            self.embed_tokens.requires_grad_(not self.whisper_vocabulary)
             self.embed_positions.requires_grad_(False)
 
     @staticmethod
@@ -326,16 +361,16 @@ class CrossAttentionAggregator(Aggregator):
                 v.weight.copy_(torch.eye(v.out_features))
                 v.bias.zero_()
 
-    def _init_from_whisper(self, source, num_layers, use_prompt=True):
-        from transformers import WhisperTokenizerFast
-
+    def _init_from_whisper(self, source, num_layers, use_prompt=True, language="", task="transcribe"):
+        from taste_toolkit.plugins.aggregator._whisper_query import whisper_prompt_ids
         from taste_toolkit.plugins.encoder.whisper import load_whisper_model
-        from taste_toolkit.pretrained.ctranslate2_whisper import resolve_whisper_source
 
         decoder = load_whisper_model(source).decoder
-        if num_layers > len(decoder.layers):
-            raise ConfigError(f"init_from_whisper: {source!r} has {len(decoder.layers)} decoder layers, asked {num_layers}.")
         state = {k: v for k, v in decoder.state_dict().items() if not k.startswith("layers.") or int(k.split(".")[1]) < num_layers}
+        if not self.whisper_vocabulary:  # other ids: a random query embedding at Whisper's scale
+            table = state.pop("embed_tokens.weight")
+            with torch.no_grad():
+                nn.init.normal_(self.embed_tokens.weight, float(table.mean()), float(table.std()))
         own = self.state_dict()
         wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
         if wrong:
@@ -344,7 +379,8 @@ class CrossAttentionAggregator(Aggregator):
                 f"vs {tuple(own[wrong[0]].shape)}); set d_model/num_heads/ffn_dim/max_positions to the Whisper decoder's."
             )
         missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [m for m in missing if m != "prefix_ids"]
+        own_only = {"prefix_ids", "embed_tokens.weight"} if not self.whisper_vocabulary else {"prefix_ids"}
+        missing = [m for m in missing if m not in own_only and not m.startswith(("key_in.", "value_in."))]
         if missing or unexpected:
             raise ConfigError(
                 f"init_from_whisper: shapes/names do not match {source!r} (missing {missing[:4]}, "
@@ -352,17 +388,9 @@ class CrossAttentionAggregator(Aggregator):
             )
         if not use_prompt:
             return
-        tok = WhisperTokenizerFast.from_pretrained(resolve_whisper_source(source))
-        if "<|notimestamps|>" not in tok.get_vocab():
-            raise MissingResourceError(
-                f"init_from_whisper: {source!r} has no Whisper tokenizer files (vocab.json/tokenizer.json), "
-                "needed for the decoder prompt. Save the tokenizer next to the model (WhisperTokenizer.save_pretrained)."
-            )
         # Whisper's own transcription prompt (sot [, lang, task], notimestamps),
         # taken from the tokenizer rather than hard-coded ids.
-        no_ts = tok.convert_tokens_to_ids("<|notimestamps|>")
-        prefix = [i for i in tok.prefix_tokens if i != no_ts] + [no_ts]
-        self.prefix_ids = torch.tensor(prefix, dtype=torch.long)
+        self.prefix_ids = torch.tensor(whisper_prompt_ids(source, language, task), dtype=torch.long)
 
     def export(self, folder):
         """Options for a standalone checkpoint: the weights (and the Whisper prompt
@@ -403,6 +431,8 @@ class CrossAttentionAggregator(Aggregator):
         x = self.embed_tokens(ids) + self.embed_positions.weight[: p + n]
         # Right padding + causal attention: valid tokens never see padding.
         causal = torch.ones(p + n, p + n, dtype=torch.bool, device=x.device).tril()[None, None]
+        keys = encoder_out.keys if self.key_in is None else self.key_in(encoder_out.keys)
+        values = encoder_out.values if self.value_in is None else self.value_in(encoder_out.values)
         t = encoder_out.keys.shape[1]
         frame_mask = (torch.arange(t, device=x.device)[None] < encoder_out.lengths[:, None].to(x.device))[:, None, None, :]
         heads = self.alignment_heads or [[len(self.layers) - 1, h] for h in range(self.layers[-1].encoder_attn.num_heads)]
@@ -413,7 +443,7 @@ class CrossAttentionAggregator(Aggregator):
         picked = []
         for i, layer in enumerate(self.layers):
             want = (need_weights or explicit) and any(l == i for l, _ in heads)
-            x, weights = layer(x, causal, encoder_out.keys, encoder_out.values, frame_mask, want)
+            x, weights = layer(x, causal, keys, values, frame_mask, want)
             if want:
                 picked += [weights[:, h] for l, h in heads if l == i]
         x = self.layer_norm(x)
