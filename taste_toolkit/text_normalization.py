@@ -37,10 +37,11 @@ _CJK_PUNCTUATION = str.maketrans({
     "\uff61": ".",  # ｡ half-width ideographic full stop
     "\u3001": ",",  # 、 ideographic comma
     "\uff64": ",",  # ､
-    "\u300c": '"', "\u300d": '"',  # 「」
-    "\u300e": '"', "\u300f": '"',  # 『』
-    "\u300a": '"', "\u300b": '"',  # 《》
-    "\u3008": '"', "\u3009": '"',  # 〈〉
+    # Corner and angle brackets -> curly quotes, which keep opening/closing apart.
+    "\u300c": "\u201c", "\u300d": "\u201d",  # 「」
+    "\u300e": "\u201c", "\u300f": "\u201d",  # 『』
+    "\u300a": "\u201c", "\u300b": "\u201d",  # 《》
+    "\u3008": "\u201c", "\u3009": "\u201d",  # 〈〉
     "\u3010": "[", "\u3011": "]",  # 【】
     "\u3014": "(", "\u3015": ")",  # 〔〕
     "\u301c": "~",  # 〜 wave dash

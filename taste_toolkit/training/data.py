@@ -24,13 +24,25 @@ from taste_toolkit.utils import stable_hash
 logger = logging.getLogger(__name__)
 
 
-def filter_mismatched(dataset, split, max_seconds_per_word=3.0, max_words_per_second=8.0):
-    """Drop (and report) utterances whose transcript cannot match their duration."""
+def filter_mismatched(dataset, split, max_seconds_per_word=3.0, max_words_per_second=8.0, count_words=None):
+    """Drop (and report) utterances whose transcript cannot match their duration.
+
+    ``count_words(text) -> int`` counts the words (default: whitespace words); it
+    may raise :class:`~taste_toolkit.errors.InputError`, whose message becomes the
+    reason (e.g. a punctuation-only transcript). Text tokenizers with a language
+    count the language's words (:func:`word_counter`), so Mandarin is not one word.
+    """
     keep, dropped = [], {}
     for uid, row in dataset.data.items():
-        words = len(str(row["wrd"]).split())
+        reason = None
+        try:
+            words = count_words(str(row["wrd"])) if count_words else len(str(row["wrd"]).split())
+        except InputError as exc:
+            words, reason = 0, str(exc)
         dur = float(row["duration"])
-        if words == 0:
+        if reason:
+            pass
+        elif words == 0:
             reason = "empty transcript"
         elif dur / words > max_seconds_per_word:
             reason = f"more than {max_seconds_per_word} s per word"
@@ -43,6 +55,23 @@ def filter_mismatched(dataset, split, max_seconds_per_word=3.0, max_words_per_se
     for reason, ids in dropped.items():
         logger.warning("%s: excluded %d utterance(s) with %s (e.g. %s)", split, len(ids), reason, ids[:3])
     return dropped
+
+
+def word_counter(text_tokenizer):
+    """``text -> number of words`` of ``text_tokenizer``'s language, or None (whitespace words).
+
+    Uses the tokenizer's :class:`~taste_toolkit.languages.WordSplitter` (``.words``)
+    when it has one; its counts are not touched (a fresh splitter of the same setup).
+    """
+    words = getattr(text_tokenizer, "words", None)
+    if words is None:
+        return None
+    from taste_toolkit.languages import WordSplitter
+
+    splitter = WordSplitter(words.language, segmenter=words.segmenter.registry_name,
+                            segmenter_options=(words.segmenter.build_spec or {}).get("options") or {},
+                            foreign_script=words.foreign_script, lowercase=words.lowercase)
+    return lambda text: len(splitter.split(text))
 
 
 def compute_speaker_vectors(speaker, manifests, cache_dir, sample_rate=16000):
@@ -119,7 +148,7 @@ def build_datasets(manifests, text_tokenizer, units, speaker_vectors=None, sampl
         ds = DynamicItemDataset.from_csv(csv_path)
         split_units = units[split]
 
-        dropped = filter_mismatched(ds, split, **(mismatch_filter or {}))
+        dropped = filter_mismatched(ds, split, **{"count_words": word_counter(text_tokenizer), **(mismatch_filter or {})})
         bad = {i for ids in dropped.values() for i in ids}
         missing = [i for i in ds.data if i not in split_units]
         if missing:
