@@ -106,3 +106,16 @@ def test_grammar_errors_are_reported():
         cl.parse_grammar("[A]\nx\n")
     with pytest.raises(DataPreparationError, match="before any"):
         cl.parse_grammar("x\n[sentence]\ny\n")
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_corpus_words_are_the_languages_words(language):
+    # The metadata's words (and their times) are the words the text tokenizer's splitter finds,
+    # so word ids from word times point at the right words (cmn: jieba segmentation).
+    pytest.importorskip("jieba") if language == "cmn" else None
+    from taste_toolkit.languages import WordSplitter
+
+    splitter = WordSplitter(language)
+    for seed in range(300):
+        words = cl.make_sentence_in(np.random.default_rng(seed), language)
+        assert splitter.split(" ".join(words)) == [w.lower() for w in words], words
