@@ -39,7 +39,7 @@ def whisper_decoder_config(source):
 
 
 def whisper_geometry(source, config, d_model, num_layers, num_heads, ffn_dim, max_positions):
-    """Check the aggregator's geometry against the Whisper decoder's; return the width to use.
+    """Check the aggregator's geometry against the Whisper decoder's; return its width and FFN size.
 
     Arguments
     ---------
@@ -52,9 +52,9 @@ def whisper_geometry(source, config, d_model, num_layers, num_heads, ffn_dim, ma
 
     Returns
     -------
-    int
-        Whisper's ``d_model``: the decoder keeps it whatever the encoder's width
-        (key/value input projections adapt the encoder's taps).
+    d_model, ffn_dim : int
+        Whisper's: the decoder keeps its width whatever the encoder's (key/value
+        input projections adapt the encoder's taps).
 
     Raises
     ------
@@ -64,21 +64,27 @@ def whisper_geometry(source, config, d_model, num_layers, num_heads, ffn_dim, ma
     want = {"d_model": config.d_model, "num_heads": config.decoder_attention_heads,
             "ffn_dim": config.decoder_ffn_dim, "max_positions": config.max_target_positions}
     asked = {"d_model": d_model or config.d_model, "num_heads": num_heads,
-             "ffn_dim": ffn_dim or 4 * (d_model or config.d_model), "max_positions": max_positions}
+             "ffn_dim": ffn_dim or config.decoder_ffn_dim, "max_positions": max_positions}
     wrong = {k: v for k, v in asked.items() if v != want[k]}
     if num_layers > config.decoder_layers:
         raise ConfigError(f"init_from_whisper: {source!r} has {config.decoder_layers} decoder layers, asked "
                           f"num_layers={num_layers}: set num_layers <= {config.decoder_layers}.")
     if wrong:
         fix = ", ".join(f"{k}: {want[k]}" for k in wrong)
+        aligner = ""
+        if "d_model" in wrong:  # the Whisper-exact aligners ask for the encoder's key width
+            aligner = (" If this is the aligned_spans aggregator or attention supervision's aligner (d_model = the "
+                       "encoder's key width): they read Whisper's alignment heads over the keys, so they need the "
+                       f"encoder of this Whisper (width {want['d_model']}); with another encoder set "
+                       "attention_supervision_weight: 0 and use another aggregator.")
         raise ConfigError(
             f"init_from_whisper: the Whisper decoder of {source!r} has d_model {want['d_model']}, "
             f"{want['num_heads']} heads, FFN {want['ffn_dim']}, {want['max_positions']} positions, but the aggregator "
             f"asks {', '.join(f'{k}={v}' for k, v in wrong.items())}. Set {fix} (d_model: 0 and ffn_dim: 0 follow "
             "Whisper; an encoder of another width gets key/value input projections), or init_from_whisper: '' for "
-            "a random decoder of your own geometry."
+            "a random decoder of your own geometry." + aligner
         )
-    return config.d_model
+    return config.d_model, config.decoder_ffn_dim
 
 
 def same_vocabulary(vocab_size, config):

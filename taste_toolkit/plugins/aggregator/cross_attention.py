@@ -159,7 +159,7 @@ class CrossAttentionAggregator(Aggregator):
     d_model : int
         Width; 0 = the Whisper decoder's with ``init_from_whisper``, else ``key_dim``.
     num_layers, num_heads, ffn_dim : int
-        Layer geometry (``ffn_dim`` 0 = 4 * d_model).
+        Layer geometry (``ffn_dim`` 0 = the Whisper decoder's with ``init_from_whisper``, else 4 * d_model).
     dropout : float
         Dropout inside the layers.
     max_positions : int
@@ -273,8 +273,8 @@ class CrossAttentionAggregator(Aggregator):
             from taste_toolkit.plugins.aggregator._whisper_query import whisper_decoder_config, whisper_geometry
 
             whisper = whisper_decoder_config(init_from_whisper)
-            d_model = whisper_geometry(init_from_whisper, whisper, d_model, num_layers, num_heads, ffn_dim,
-                                       max_positions)
+            d_model, ffn_dim = whisper_geometry(init_from_whisper, whisper, d_model, num_layers, num_heads, ffn_dim,
+                                                max_positions)
         self.d_model = d_model or key_dim
         self.word_pooling = word_pooling
         self.max_positions = max_positions
