@@ -120,6 +120,43 @@ def register_language(code, name=None, voice=None, whisper_language=None, overri
     return lang
 
 
+def load_language_file(path):
+    """Register the language described by a YAML file; returns its :class:`Language`.
+
+    The file holds the fields of :class:`Language` (plain YAML)::
+
+        code: it
+        name: Italian
+        voice: it                 # espeak-ng voice
+        whisper_language: it
+        segmenter: whitespace     # or a segmenter plugin of your own (plugin_modules)
+        scripts: [latin]
+
+    List it in the hparams' ``plugin_modules`` (``[languages/it.yaml]``), which
+    are loaded before anything is built.
+
+    Raises
+    ------
+    ConfigError
+        Missing or unreadable file, not a mapping, or bad fields.
+    """
+    import os
+
+    import yaml
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"Language file {path!r} not found (listed in plugin_modules).")
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"Cannot read the language file {path}: {exc}") from exc
+    if not isinstance(spec, dict) or "code" not in spec:
+        raise ConfigError(f"Language file {path} must be a mapping with at least 'code' (and name, voice, "
+                          f"segmenter, ...; fields: {', '.join(Language.__dataclass_fields__)}).")
+    return register_language(**spec)
+
+
 def available_languages():
     """Registered language codes, sorted."""
     return sorted(_LANGUAGES)

@@ -232,6 +232,8 @@ def load_plugins(modules=()):
     ---------
     modules : list of str
         Importable module names; importing them runs their ``@register``.
+        An entry ending in ``.yaml`` is a language file instead, registered by
+        :func:`taste_toolkit.languages.load_language_file` ("Add a language").
 
     Returns
     -------
@@ -240,6 +242,11 @@ def load_plugins(modules=()):
     """
     _ensure_loaded()
     for module in modules or ():
+        if str(module).endswith((".yaml", ".yml")):
+            from taste_toolkit.languages import load_language_file
+
+            load_language_file(module)
+            continue
         try:
             importlib.import_module(module)
         except ImportError as exc:

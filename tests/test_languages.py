@@ -294,3 +294,19 @@ def test_mismatch_filter_counts_the_languages_words(tmp_path):
     assert "punctuation only" in next(iter(dropped))
     assert tok.words.counts["transcripts"] == 0  # counting used its own splitter
     assert word_counter(WhisperTextTokenizer()) is None
+
+
+def test_a_language_is_one_yaml_file(tmp_path):
+    from taste_toolkit.registry import load_plugins
+
+    path = tmp_path / "pt.yaml"
+    path.write_text("code: pt\nname: Portuguese\nvoice: pt\nwhisper_language: pt\nscripts: [latin]\n")
+    load_plugins([str(path)])
+    assert get_language("pt").name == "Portuguese"
+    tok = WhisperTextTokenizer(language="pt")
+    assert tok.encode_words("Olá, AMIGOS!").words == ["olá,", "amigos!"]
+    (tmp_path / "bad.yaml").write_text("- not a mapping\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_plugins([str(tmp_path / "bad.yaml")])
+    with pytest.raises(ConfigError, match="not found"):
+        load_plugins([str(tmp_path / "none.yaml")])
