@@ -52,15 +52,21 @@ class KVCache:
     keys: List[torch.Tensor]
     values: List[torch.Tensor]
     key_valid: torch.Tensor
-    #: 0: ``keys``/``values`` hold exactly ``T`` steps (a step concatenates). > 0: they are
-    #: preallocated ``(B, H, capacity, D_h)`` buffers whose first ``T`` steps are filled,
-    #: and a step writes in place (generation; see :meth:`reserve`).
-    capacity: int = 0
 
     @property
     def length(self):
         """Number of cached time steps ``T`` (padding included)."""
         return self.key_valid.shape[1]
+
+    @property
+    def capacity(self):
+        """Steps the key/value tensors can hold.
+
+        Equal to :attr:`length` for an ordinary cache (a new step concatenates);
+        larger after :meth:`reserve`, which preallocates ``(B, H, capacity, D_h)``
+        buffers whose first ``T`` steps are filled (a new step writes in place).
+        """
+        return self.keys[0].shape[2] if self.keys else self.length
 
     def reserve(self, capacity):
         """Room for ``capacity`` steps, so later steps are written in place, not concatenated.
@@ -77,12 +83,11 @@ class KVCache:
             buffer[:, :, :n] = t[:, :, :n]
             return buffer
 
-        return KVCache([grow(k) for k in self.keys], [grow(v) for v in self.values], self.key_valid, capacity)
+        return KVCache([grow(k) for k in self.keys], [grow(v) for v in self.values], self.key_valid)
 
     def select(self, rows):
         """The cache of batch ``rows`` only (index or bool mask): finished rows leave a batched generation."""
-        return KVCache([k[rows] for k in self.keys], [v[rows] for v in self.values], self.key_valid[rows],
-                       self.capacity)
+        return KVCache([k[rows] for k in self.keys], [v[rows] for v in self.values], self.key_valid[rows])
 
 
 def attention_mask(key_valid, num_queries, past_length=0, causal=True):
@@ -209,9 +214,10 @@ class TransformerStack(nn.Module):
         returned. Otherwise the second output is None.
         """
         past_length = 0 if cache is None else cache.length
-        if cache is not None and cache.capacity and past_length + x.shape[1] > cache.capacity:
+        preallocated = cache is not None and cache.capacity > past_length
+        if preallocated and past_length + x.shape[1] > cache.capacity:
             cache = cache.reserve(2 * (past_length + x.shape[1]))
-        filled = past_length if cache is not None and cache.capacity else None
+        filled = past_length if preallocated else None
         key_valid = valid if cache is None else torch.cat([cache.key_valid, valid], dim=1)
         mask = attention_mask(key_valid, x.shape[1], past_length, self.causal)
         keys, values = [], []
@@ -220,6 +226,5 @@ class TransformerStack(nn.Module):
             x, (key, value) = layer(x, mask, past, filled)
             keys.append(key)
             values.append(value)
-        capacity = cache.capacity if cache is not None else 0
-        new_cache = KVCache(keys, values, key_valid, capacity) if (use_cache or cache is not None) else None
+        new_cache = KVCache(keys, values, key_valid) if (use_cache or cache is not None) else None
         return self.norm(x), new_cache
