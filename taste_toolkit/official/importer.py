@@ -38,6 +38,11 @@ REPORT_FILE = "import_report.json"
 PARTS = ("tokenizer", "taslm")
 PREFIXES = ("audio_tower.", "speech_decoder.", "spoken_lm.")
 DEFAULT_WHISPER_TOKENIZER = "openai/whisper-large-v3"
+#: The release's text tokenization (``process_one_sample``): case kept, whitespace words,
+#: the first word without a leading space (``"Hello"``, then ``" world"``), English
+#: transcription prompt ``[50258, 50259, 50360, 50364]`` (``language: ""`` = English and
+#: the plain whitespace split, no script check).
+RELEASE_TEXT_TOKENIZER_OPTIONS = {"lowercase": False, "first_word_space": False, "language": "", "task": "transcribe"}
 
 
 def read_release_config(folder):
@@ -92,7 +97,7 @@ def _whisper_text_tokenizer(source, folder, asr_config):
                                           if os.path.isfile(os.path.join(folder, d, "tokenizer.json"))]
     candidates = candidates or [DEFAULT_WHISPER_TOKENIZER]
     try:
-        tok = build("text_tokenizer", "whisper", {"source": candidates[0], "lowercase": False})
+        tok = build("text_tokenizer", "whisper", {"source": candidates[0], **RELEASE_TEXT_TOKENIZER_OPTIONS})
     except Exception as exc:
         raise MissingResourceError(
             f"Cannot load the Whisper text tokenizer from {candidates[0]!r} ({exc}). The release has none: pass "
@@ -105,6 +110,12 @@ def _whisper_text_tokenizer(source, folder, asr_config):
     if tok.end_of_text_id != 50257 or tok.start_of_transcript_id != 50258:
         raise ConfigError(f"The Whisper tokenizer {candidates[0]!r} is not the multilingual one (<|endoftext|> = "
                           f"{tok.end_of_text_id}, expected 50257): the release's aggregator prompt needs it.")
+    from taste_toolkit.plugins.aggregator.whisper_decoder import RELEASE_PROMPT_IDS
+
+    if tok.prefix_ids != list(RELEASE_PROMPT_IDS):
+        raise ConfigError(f"The Whisper tokenizer {candidates[0]!r} gives the prompt {tok.prefix_ids}, not the "
+                          f"release's {list(RELEASE_PROMPT_IDS)} (<|startoftranscript|> <|en|> <|transcribe|> "
+                          "<|notimestamps|>): use the multilingual large-v3 tokenizer.")
     return tok
 
 
