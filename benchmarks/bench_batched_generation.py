@@ -19,7 +19,7 @@ Throughput = generated units (or LM positions) per second; the ratio is
 tokens, measured in one run: each path gets one untimed warm-up, then the minimum
 of ``--repeats`` timed runs. Exactness is checked in the same run (each batched
 row equals the prompt decoded alone). Writes JSON (default
-``benchmarks/results/batched_generation.json``)::
+``benchmarks/measured/batched_generation.json``)::
 
     OMP_NUM_THREADS=2 python benchmarks/bench_batched_generation.py
     python benchmarks/bench_batched_generation.py --quick --output /tmp/b.json   # tiny models, seconds
@@ -41,7 +41,7 @@ sys.path.insert(0, ROOT)
 
 from bench_common import machine_description, measure  # noqa: E402
 
-DEFAULT_OUTPUT = os.path.join(HERE, "results", "batched_generation.json")
+DEFAULT_OUTPUT = os.path.join(HERE, "measured", "batched_generation.json")
 TARGET = 4.0
 
 #: Random Llama backbones for TASLM: (hidden, layers, heads, kv heads, intermediate, BPE vocab).

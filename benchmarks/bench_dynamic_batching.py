@@ -25,7 +25,7 @@ the approximation and its sources are documented in
 The corpus is written once to ``results/prepared/librispeech_mix_corpus`` (reused
 when its options match). ``--quick`` skips synthesis: tone+noise utterances with
 lengths drawn from the same distribution scaled by 0.1, the tiny model of the
-suite's quick mode. Writes JSON (default ``benchmarks/results/dynamic_batching.json``)::
+suite's quick mode. Writes JSON (default ``benchmarks/measured/dynamic_batching.json``)::
 
     OMP_NUM_THREADS=2 python benchmarks/bench_dynamic_batching.py
     python benchmarks/bench_dynamic_batching.py --quick --output /tmp/d.json
@@ -48,7 +48,7 @@ sys.path.insert(0, ROOT)
 
 from bench_common import machine_description  # noqa: E402
 
-DEFAULT_OUTPUT = os.path.join(HERE, "results", "dynamic_batching.json")
+DEFAULT_OUTPUT = os.path.join(HERE, "measured", "dynamic_batching.json")
 CORPUS_ROOT = os.path.join(ROOT, "results/prepared/librispeech_mix_corpus")
 TRAIN_CLEAN_100_UTTERANCES = 28539
 TARGET = 1.5
@@ -146,7 +146,7 @@ def quick_manifest(folder, count=12, scale=0.1, seed=0):
 
 # ------------------------------------------------------------------ run
 def run(quick=False, speakers=8, per_speaker=16, workers=2, audio_budget=800.0, proxy_epochs=10,
-        corpus_root=CORPUS_ROOT, log=print):
+        corpus_root=CORPUS_ROOT, padded_30s=True, log=print):
     from bench_training import stage1_benchmark
 
     from taste_toolkit.data.synthetic_corpus import LIBRISPEECH_DURATIONS, librispeech_durations
@@ -168,7 +168,7 @@ def run(quick=False, speakers=8, per_speaker=16, workers=2, audio_budget=800.0, 
         for name, p in proxy.items():
             log(f"  padding proxy ({name}): fixed waste {p['fixed']['padding_waste']:.0%}, dynamic waste "
                 f"{p['dynamic']['padding_waste']:.0%}, padded-audio ratio {p['padded_audio_ratio_fixed_over_dynamic']:.2f}x")
-        paths = ("dynamic", "fixed") if quick else ("dynamic", "fixed", "fixed + padded 30-s")
+        paths = ("dynamic", "fixed") if quick or not padded_30s else ("dynamic", "fixed", "fixed + padded 30-s")
         rows, stats = stage1_benchmark(quick=quick, log=log, audio_budget=budget, manifest=manifest, source=source,
                                        paths=paths, return_stats=True)
     training = {}
@@ -183,7 +183,9 @@ def run(quick=False, speakers=8, per_speaker=16, workers=2, audio_budget=800.0, 
     main_ratio = ratios.get("fixed")
     return {
         "benchmark": "dynamic batching vs fixed batches on LibriSpeech train-clean-100's length mix",
-        "command": "python benchmarks/bench_dynamic_batching.py" + (" --quick" if quick else ""),
+        "command": "python benchmarks/bench_dynamic_batching.py" + (" --quick" if quick else
+                                                                    f" --audio-budget {audio_budget:g}"
+                                                                    + ("" if padded_30s else " --no-padded-30s")),
         "machine": machine_description(),
         "duration_distribution": {"name": "librispeech-train-clean-100", "parameters": LIBRISPEECH_DURATIONS,
                                   "drawn": describe_durations(drawn)},
@@ -210,10 +212,12 @@ def main(argv=None):
     parser.add_argument("--audio-budget", type=float, default=800.0, help="seconds of audio trained per path")
     parser.add_argument("--proxy-epochs", type=int, default=10)
     parser.add_argument("--corpus-root", default=CORPUS_ROOT)
+    parser.add_argument("--no-padded-30s", action="store_true",
+                        help="skip the fixed batches with the official 30-s padded encoder (the slowest path)")
     parser.add_argument("--output", default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     result = run(args.quick, args.speakers, args.per_speaker, args.workers, args.audio_budget, args.proxy_epochs,
-                 args.corpus_root)
+                 args.corpus_root, not args.no_padded_30s)
     text = json.dumps(result, indent=1)
     print(text)
     if args.output:

@@ -29,7 +29,7 @@ frame rate, as a trained decoder gives) through ``min_len_ratio = max_len_ratio`
 
 Timing: ``--threads`` torch threads (default 2, "on 2 cores"), one untimed
 warm-up command, then per clip the fastest of ``--repeats`` commands. Writes
-JSON (default ``benchmarks/results/resynthesize_rtf.json``)::
+JSON (default ``benchmarks/measured/resynthesize_rtf.json``)::
 
     python benchmarks/bench_resynthesize.py
     python benchmarks/bench_resynthesize.py --quick --output /tmp/r.json   # tiny model, one clip
@@ -54,7 +54,7 @@ sys.path.insert(0, ROOT)
 
 from bench_common import machine_description  # noqa: E402
 
-DEFAULT_OUTPUT = os.path.join(HERE, "results", "resynthesize_rtf.json")
+DEFAULT_OUTPUT = os.path.join(HERE, "measured", "resynthesize_rtf.json")
 DEFAULT_EXPORT = os.path.join(ROOT, "results/taste/1986/tokenizer")
 REAL_SPEECH = os.path.join(ROOT, "results/real_speech")
 STAGES = ("encode", "aggregate", "decode units", "vocode")
