@@ -11,9 +11,9 @@ if command -v apt-get >/dev/null 2>&1 && ! (command -v espeak-ng >/dev/null && l
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq espeak-ng libespeak-ng1 sox libsox-fmt-all >/dev/null
 fi
 
-# The tested torch pair (environment.md); pinned here and in CI, not in install_requires.
-python -m pip install -q "torch==2.14.1" "torchaudio==2.11.0"
-python -m pip install -q -e ".[test]"
+# The tested torch pair is pinned in constraints.txt (used here and so in CI), not in install_requires.
+python -m pip install -q -c constraints.txt torch torchaudio
+python -m pip install -q -c constraints.txt -e ".[test]"
 # resemblyzer (offline d-vector speaker model) needs pkg_resources from setuptools < 81.
 python -m pip install -q resemblyzer "setuptools<81"
 

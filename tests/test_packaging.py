@@ -34,3 +34,24 @@ def test_wheel_install_registers_all_builtin_plugins(tmp_path):
     for kind, names in expected.items():
         builtin = [n for n in names if n != "fsq"]  # fsq comes from the example plugin package
         assert set(builtin) <= set(result["plugins"][kind]), kind
+
+
+def test_torch_ranges_in_setup_exact_versions_in_constraints_used_by_install():
+    """install_requires declares ranges (a CUDA or newer torch can stay); the tested exact pair
+    lives in constraints.txt, which scripts/install.sh (and so CI) installs with."""
+    import configparser
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(root, "setup.cfg"))
+    requires = {re.split(r"[<>=!~ ]", line.strip())[0]: line.strip()
+                for line in cfg["options"]["install_requires"].splitlines() if line.strip()}
+    for name in ("torch", "torchaudio"):
+        assert "==" not in requires[name], requires[name]
+    with open(os.path.join(root, "constraints.txt"), encoding="utf-8") as f:
+        pins = dict(line.strip().split("==") for line in f if "==" in line and not line.startswith("#"))
+    assert set(pins) >= {"torch", "torchaudio"}
+    with open(os.path.join(root, "scripts", "install.sh"), encoding="utf-8") as f:
+        install = f.read()
+    assert "-c constraints.txt -e \".[test]\"" in install and "-c constraints.txt torch torchaudio" in install
