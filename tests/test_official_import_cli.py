@@ -164,7 +164,7 @@ def test_cli_generate_needs_a_vocoder_then_continues_the_prompt(imported, prompt
             "--max-new-words", "3", "--seed", "0"]
     assert cli.main(args) == 1  # OUT/tokenizer has no vocoder: refused, naming what to add
     err = capsys.readouterr().err
-    assert "no vocoder" in err and "griffin_lim" in err and not os.path.exists(out_wav)
+    assert "no vocoder" in err and "griffin_lim" in err and "import-official" in err and not os.path.exists(out_wav)
     code = cli.main(args + ["--model", voiced_tokenizer])
     result = _json_out(code, capsys)
     assert result["prompt"] == PROMPT and result["continuation"].split()

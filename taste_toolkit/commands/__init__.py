@@ -170,8 +170,11 @@ def require_vocoder(tokenizer, model):
     if tokenizer.vocoder is None:
         raise MissingResourceError(
             f"The tokenizer in --model {model!r} has no vocoder, so it can only produce units, not audio. "
-            "Re-export it with one: python recipes/librispeech/export.py <run>/hyperparams.yaml "
-            "--output DIR --vocoder griffin_lim (or unit_hifigan after recipes/librispeech/train_vocoder.py)."
+            "Re-export a trained run with one: python recipes/librispeech/export.py <run>/hyperparams.yaml "
+            "--output DIR --vocoder griffin_lim (or unit_hifigan after recipes/librispeech/train_vocoder.py). "
+            "For a folder with no training run (e.g. from `taste import-official`), attach one in Python and "
+            "save again: tok = TasteTokenizer.from_pretrained(DIR); tok.vocoder = "
+            "taste_toolkit.registry.build('vocoder', NAME, OPTIONS); tok.save_pretrained(NEW_DIR)."
         )
 
 
