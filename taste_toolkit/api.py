@@ -106,9 +106,8 @@ class TasteTokenizer(TokenizerBase):
         self.units = units
         self.speaker = speaker.to(device).eval() if speaker is not None else None
         super().__init__(model, vocoder, device)
-        check_units = getattr(self.vocoder, "check_units", None)
-        if check_units is not None and units is not None:
-            check_units(units)  # a vocoder trained for other units (count or fingerprint) is refused
+        if self.vocoder is not None and units is not None:
+            self.vocoder.check_units(units)  # a vocoder trained for other units (count or fingerprint) is refused
 
     # ------------------------------------------------------------ identity
     def _components(self):

@@ -372,6 +372,14 @@ class Vocoder(nn.Module, abc.ABC, Plugin):
     def forward(self, units, unit_lengths):
         """Return ``(wavs (B, L), wav_lengths (B,))``."""
 
+    def check_units(self, extractor):
+        """Refuse (``ConfigError``) a units extractor this vocoder was not trained for.
+
+        Called by :class:`~taste_toolkit.api.TasteTokenizer` when a tokenizer pairs
+        the two. The default accepts any; trained vocoders (``unit_to_spec``) compare
+        the unit count and the extractor's fingerprint.
+        """
+
 
 class LMHead(nn.Module, abc.ABC, Plugin):
     """Speech-token head of a spoken LM (TASLM)."""
