@@ -26,7 +26,6 @@ row equals the prompt decoded alone). Writes JSON (default
 """
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -39,7 +38,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
-from bench_common import machine_description, measure  # noqa: E402
+from bench_common import machine_description, measure, report_json  # noqa: E402
 
 DEFAULT_OUTPUT = os.path.join(HERE, "measured", "batched_generation.json")
 TARGET = 4.0
@@ -208,12 +207,7 @@ def main(argv=None):
     logging.getLogger("taste_toolkit.plugins.decoder.unit_transformer").setLevel(logging.ERROR)
     result = run(args.quick, args.batch, args.repeats, args.units_per_token, args.new_words,
                  tuple(g for g in args.taslm.split(",") if g))
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+    report_json(result, args.output)
     return 0
 
 

@@ -16,6 +16,7 @@ peak so far (marked ``*``). CUDA: ``torch.cuda.max_memory_allocated`` after
 ``reset_peak_memory_stats``.
 """
 
+import json
 import math
 import os
 import platform
@@ -204,3 +205,13 @@ def loglog_slope(xs, ys):
     if var == 0:
         return float("nan")
     return sum((x - mx) * (y - my) for x, y in zip(lx, ly)) / var
+
+
+def report_json(result, output=None):
+    """Print ``result`` as indented JSON and, if ``output`` is set, write it there too."""
+    text = json.dumps(result, indent=1)
+    print(text)
+    if output:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        with open(output, "w") as f:
+            f.write(text + "\n")

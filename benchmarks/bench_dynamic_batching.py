@@ -46,7 +46,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
-from bench_common import machine_description  # noqa: E402
+from bench_common import machine_description, report_json  # noqa: E402
 
 DEFAULT_OUTPUT = os.path.join(HERE, "measured", "dynamic_batching.json")
 CORPUS_ROOT = os.path.join(ROOT, "results/prepared/librispeech_mix_corpus")
@@ -218,12 +218,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     result = run(args.quick, args.speakers, args.per_speaker, args.workers, args.audio_budget, args.proxy_epochs,
                  args.corpus_root, not args.no_padded_30s)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+    report_json(result, args.output)
     return 0
 
 

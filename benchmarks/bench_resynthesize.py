@@ -52,7 +52,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
-from bench_common import machine_description  # noqa: E402
+from bench_common import machine_description, report_json  # noqa: E402
 
 DEFAULT_OUTPUT = os.path.join(HERE, "measured", "resynthesize_rtf.json")
 DEFAULT_EXPORT = os.path.join(ROOT, "results/taste/1986/tokenizer")
@@ -272,12 +272,7 @@ def main(argv=None):
     parser.add_argument("--output", default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     result = run(args.model, args.quick, args.repeats, args.threads)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+    report_json(result, args.output)
     return 0
 
 
