@@ -334,6 +334,11 @@ class UnitDecoder(nn.Module, abc.ABC, Plugin):
         ``speaker (B, D_s)`` or ``None``; lengths are ``(B,)``.
         """
 
+    @property
+    def eos(self) -> int:
+        """Class id of the end of speech: the last logit class, ``num_units`` (see :class:`DecoderOutput`)."""
+        return self.num_units
+
     @abc.abstractmethod
     def generate(self, tokens, token_lengths, speech, speech_lengths, speaker=None, **kwargs):
         """Autoregressive generation; returns ``(units (B, S), lengths (B,))``."""

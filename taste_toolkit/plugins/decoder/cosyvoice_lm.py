@@ -159,11 +159,6 @@ class CosyVoiceLMDecoder(UnitDecoder):
     def speaker_dim(self):
         return self._speaker_dim
 
-    @property
-    def eos(self):
-        """Class id of the end of speech (``num_units``)."""
-        return self._num_units
-
     # ------------------------------------------------------------------ inputs
 
     @staticmethod

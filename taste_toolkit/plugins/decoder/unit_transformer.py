@@ -178,11 +178,6 @@ class UnitTransformerDecoder(UnitDecoder):
     def speaker_dim(self):
         return self._speaker_dim
 
-    @property
-    def eos(self):
-        """Class id of the end of speech (``num_units``)."""
-        return self._num_units
-
     # ------------------------------------------------------------------ inputs
 
     def _check_length(self, length, what):
