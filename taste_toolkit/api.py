@@ -25,7 +25,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from taste_toolkit.errors import InputError, MissingResourceError
+from taste_toolkit.errors import ConfigError, InputError, MissingResourceError
 from taste_toolkit.models.tokenizer import SpeechTokens, TasteModel
 from taste_toolkit.tokenizer_base import MAX_SECONDS, DecodedAudio, TokenizerBase, describe, pad_rows
 from taste_toolkit.tokens import TasteTokens, check_token_fields
@@ -108,6 +108,21 @@ class TasteTokenizer(TokenizerBase):
         super().__init__(model, vocoder, device)
         if self.vocoder is not None and units is not None:
             self.vocoder.check_units(units)  # a vocoder trained for other units (count or fingerprint) is refused
+        vocoder_speaker = self._vocoder_speaker_dim()
+        if vocoder_speaker:
+            have = self.speaker.embedding_dim if self.speaker is not None else 0
+            if have != vocoder_speaker:
+                raise ConfigError(
+                    f"The vocoder is conditioned on {vocoder_speaker}-d speaker vectors but this tokenizer's "
+                    f"speaker plugin gives {have or 'none'}; pair it with the speaker plugin it was trained with."
+                )
+
+    def _vocoder_speaker_dim(self):
+        """Width of the speaker vector the vocoder takes (0: units alone)."""
+        return int(getattr(self.vocoder, "speaker_dim", 0) or 0) if self.vocoder is not None else 0
+
+    def _needs_speaker(self):
+        return bool(self.model.decoder.speaker_dim or self._vocoder_speaker_dim())
 
     # ------------------------------------------------------------ identity
     def _components(self):
@@ -249,7 +264,7 @@ class TasteTokenizer(TokenizerBase):
         enc = self.model.encode_audio(wav, wav_lengths)
         speech, _, agg = self.model.tokenize(tokens, token_lengths, word_ids, enc, need_weights=return_alignment)
         spk = None
-        if self.model.decoder.speaker_dim:
+        if self._needs_speaker():
             if self.speaker is None:
                 raise MissingResourceError("The decoder needs a speaker vector but this tokenizer has no speaker plugin.")
             spk = self.speaker(wav, wav_lengths)
@@ -349,6 +364,16 @@ class TasteTokenizer(TokenizerBase):
         capped = self._capped(lengths, text_lengths, generate_options)
         return [units[i, : int(lengths[i])].cpu() for i in range(len(batch))], starts, capped
 
+    def _speakers_for_vocoder(self, tokens):
+        """``(B, D)`` speaker vectors of ``tokens`` for a speaker-conditioned vocoder, else None."""
+        if not self._vocoder_speaker_dim():
+            return None
+        batch = [tokens] if isinstance(tokens, TasteTokens) else list(tokens)
+        if any(t.speaker is None for t in batch):
+            raise InputError("This vocoder needs the tokens' speaker vector; encode the audio with this tokenizer "
+                             "(its speaker plugin computes it).")
+        return torch.stack([t.speaker.float() for t in batch])
+
     def _capped(self, lengths, text_lengths, generate_options):
         """Which decodes reached the decoder's length cap (None if it has none)."""
         cap = self.model.decoder.generation_cap(text_lengths.cpu(), **generate_options)
@@ -357,9 +382,13 @@ class TasteTokenizer(TokenizerBase):
         return [bool(int(n) >= int(c)) for n, c in zip(lengths.cpu(), cap)]
 
     @torch.no_grad()
-    def vocode(self, units):
-        """Waveforms ``[(L,)]`` at ``self.vocoder.sample_rate`` from unit sequences ``[(S,)]``."""
-        return self._vocode(units)
+    def vocode(self, units, speaker=None):
+        """Waveforms ``[(L,)]`` at ``self.vocoder.sample_rate`` from unit sequences ``[(S,)]``.
+
+        ``speaker``: ``(B, D)`` speaker vectors, for a vocoder conditioned on them
+        (``vocoder.speaker_dim > 0``; the speaker plugin computes them from audio).
+        """
+        return self._vocode(units, speaker)
 
     def _vocoder_input(self, row):
         return row.long()
@@ -370,7 +399,7 @@ class TasteTokenizer(TokenizerBase):
         if capped and any(capped):
             logger.warning("%d of %d decodes reached the length cap (max_len_ratio) without end-of-speech; "
                            "DecodedSpeech.capped marks them.", sum(capped), len(capped))
-        wavs, rate = self._audio(units)
+        wavs, rate = self._audio(units, self._speakers_for_vocoder(tokens))
         spans = None
         if starts is not None and (wavs is not None or self.units is not None):
             spans = []

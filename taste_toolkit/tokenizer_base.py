@@ -334,21 +334,30 @@ class TokenizerBase:
         """Waveforms ``[(L,)]`` at ``self.vocoder.sample_rate`` from decoder outputs ``[(F, ...)]``."""
         return self._vocode(rows)
 
-    def _vocode(self, rows):
-        """Pad ``rows`` into ``(B, F_max, ...)``, run the vocoder, cut each waveform to its length."""
+    def _vocode(self, rows, speaker=None):
+        """Pad ``rows`` into ``(B, F_max, ...)``, run the vocoder, cut each waveform to its length.
+
+        ``speaker`` ``(B, D)`` goes to a vocoder conditioned on speaker vectors (``speaker_dim > 0``).
+        """
         if self.vocoder is None:
             raise MissingResourceError(f"This tokenizer has no vocoder; attach one ({self.vocoder_hint}) to get audio.")
         if not rows:
             return []
         batch, lengths = pad_rows([self._vocoder_input(r) for r in rows], 0)
-        wavs, wav_lengths = self.vocoder(batch.to(self.device), lengths.to(self.device))
+        if getattr(self.vocoder, "speaker_dim", 0):
+            if speaker is None:
+                raise InputError("This vocoder is conditioned on speaker vectors: pass speaker=(B, D) from the "
+                                 "tokenizer's speaker plugin (decode does it from the tokens).")
+            wavs, wav_lengths = self.vocoder(batch.to(self.device), lengths.to(self.device), speaker=speaker.to(self.device))
+        else:
+            wavs, wav_lengths = self.vocoder(batch.to(self.device), lengths.to(self.device))
         return [wavs[i, : int(wav_lengths[i])].cpu() for i in range(len(rows))]
 
-    def _audio(self, rows):
+    def _audio(self, rows, speaker=None):
         """``(waveforms, sample_rate)`` for a decode result: vocoded, or ``(None, None)`` without a vocoder."""
         if self.vocoder is None:
             return None, None
-        return self.vocode(rows), self.vocoder.sample_rate
+        return self._vocode(rows, speaker), self.vocoder.sample_rate
 
     def reconstruct(self, audio, sample_rate, text=None, **options):
         """``decode(encode(audio, sample_rate, text), **options)``."""

@@ -116,7 +116,7 @@ def test_target_crops_match_whole_utterance_stft():
     whole = voc.log_magnitude(wav[None])[0]  # (S * fpu, F)
     sampler = unit_vocoder._CropSampler([(units, wav)], 5, 256, 128, seed=3)
     for _ in range(4):
-        crop_units, lengths, crops = sampler.sample(1)
+        crop_units, lengths, crops, _ = sampler.sample(1)
         start = next(s for s in range(units.numel() - 4) if torch.equal(units[s:s + 5], crop_units[0]))
         target = unit_vocoder._target(voc, crops, 20)[0]
         torch.testing.assert_close(target, whole[start * 4: start * 4 + 20], atol=1e-4, rtol=1e-4)
@@ -232,3 +232,142 @@ def test_tokenizer_refuses_a_vocoder_for_other_units(extractor, tiny_taste_model
     other_fit.fit(sounds(2))
     with pytest.raises(ConfigError, match="trained for other units"):
         TasteTokenizer(model, text_tok, units=other_fit, vocoder=voc)
+
+
+# ---------------------------------------------------------------- speaker conditioning
+
+
+def speaker_pairs(count=8, steps=16, spu=256, seed=0):
+    """Two voices saying the same units: a unit sets the loudness, the voice the spectral tilt.
+
+    Each unit is noise of the unit's own level, low-passed for voice 0 and
+    high-passed for voice 1: units alone cannot tell the tilt, a speaker vector can.
+    """
+    g = torch.Generator().manual_seed(seed)
+    pairs = []
+    for i in range(count):
+        voice = i % 2
+        units = torch.randint(0, 6, (steps,), generator=g)
+        noise = torch.randn(steps * spu + 1, generator=g)
+        shaped = noise[1:] - noise[:-1] if voice else noise[1:] + noise[:-1]
+        wav = shaped * (0.02 * (units.repeat_interleave(spu) + 1))
+        pairs.append((units, wav, torch.tensor([1.0, 0.0]) if voice == 0 else torch.tensor([0.0, 1.0])))
+    return pairs
+
+
+def test_speaker_vector_changes_the_spectrum_and_is_checked():
+    voc = tiny(speaker_dim=2)
+    units, lengths = torch.tensor([[1, 2, 3], [4, 5, 0]]), torch.tensor([3, 2])
+    a, _ = voc.spectrogram(units, lengths, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    b, _ = voc.spectrogram(units, lengths, torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+    assert (a - b).abs().max() > 1e-3
+    # batch invariance holds with speakers too
+    alone, _ = voc.spectrogram(units[1:, :2], torch.tensor([2]), torch.tensor([[0.0, 1.0]]))
+    torch.testing.assert_close(b[1, :8], alone[0], atol=1e-5, rtol=1e-5)
+    wavs, wav_lengths = voc(units, lengths, speaker=torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    assert wav_lengths.tolist() == [768, 512] and torch.isfinite(wavs).all()
+    with pytest.raises(InputError, match="speaker vectors: pass|2-d speaker vectors"):
+        voc(units, lengths)
+    with pytest.raises(InputError, match=r"\(2, 2\) float"):
+        voc(units, lengths, speaker=torch.zeros(2, 3))
+    with pytest.raises(InputError, match="NaN"):
+        voc(units, lengths, speaker=torch.full((2, 2), float("nan")))
+    with pytest.raises(ConfigError, match="speaker_dim"):
+        UnitToSpecVocoder(speaker_dim=-1)
+    # a vocoder without speaker conditioning ignores a vector, as griffin_lim does
+    plain = tiny()
+    assert torch.equal(plain(units, lengths)[0], plain(units, lengths, speaker=torch.zeros(2, 2))[0])
+
+
+def test_speaker_conditioning_learns_what_units_cannot_tell():
+    """Same units, two voices: only the speaker-conditioned vocoder fits both."""
+    kwargs = dict(steps=150, batch_size=4, crop_units=8, lr=3e-3, warmup=5, unit_noise=0.0, progress=False)
+    with_speaker = train_unit_vocoder(tiny(speaker_dim=2), speaker_pairs(), **kwargs)
+    without = train_unit_vocoder(tiny(), [(u, w) for u, w, _ in speaker_pairs()], **kwargs)
+    assert with_speaker["final_loss"] < 0.8 * without["final_loss"], (with_speaker, without)
+
+
+def test_fit_with_speaker_vectors(extractor, manifest, tmp_path):
+    vectors = {f"u{i}": torch.tensor([float(i), 1.0]) for i in range(4)}
+    cache = str(tmp_path / "voc")
+    with pytest.raises(ConfigError, match="needs speaker vectors exactly"):
+        fit_unit_vocoder(extractor, manifest, cache, vocoder_options={**SMALL, "speaker_dim": 2}, steps=2,
+                         batch_size=2, crop_units=4, progress=False)
+    with pytest.raises(ConfigError, match="needs speaker vectors exactly"):
+        fit_unit_vocoder(extractor, manifest, cache, vocoder_options=SMALL, steps=2, batch_size=2, crop_units=4,
+                         progress=False, speaker_vectors=vectors)
+    with pytest.raises(ConfigError, match="widths"):
+        fit_unit_vocoder(extractor, manifest, cache, vocoder_options={**SMALL, "speaker_dim": 3}, steps=2,
+                         batch_size=2, crop_units=4, progress=False, speaker_vectors=vectors)
+    options = dict(vocoder_options={**SMALL, "speaker_dim": 2}, steps=2, batch_size=2, crop_units=4, progress=False)
+    path = fit_unit_vocoder(extractor, manifest, cache, speaker_vectors=vectors, **options)
+    voc = UnitToSpecVocoder.from_pretrained(path)
+    assert voc.speaker_dim == 2
+    assert fit_unit_vocoder(extractor, manifest, cache, speaker_vectors=vectors, **options) == path
+    other = {k: v + 1.0 for k, v in vectors.items()}  # another speaker model: other weights
+    assert fit_unit_vocoder(extractor, manifest, cache, speaker_vectors=other, **options) != path
+    missing = {k: v for k, v in vectors.items() if k != "u2"}
+    from taste_toolkit.errors import DataPreparationError
+
+    with pytest.raises(DataPreparationError, match="u2"):
+        fit_unit_vocoder(extractor, manifest, str(tmp_path / "voc2"), speaker_vectors=missing, **options)
+
+
+def test_tokenizer_feeds_the_source_speaker_to_the_vocoder(extractor, tiny_taste_model, tiny_whisper_dir, tmp_path):
+    """encode computes the speaker vector for a speaker-conditioned vocoder; decode passes it on."""
+    from taste_toolkit.api import TasteTokenizer
+    from taste_toolkit.data.unit_cache import extractor_fingerprint
+
+    try:
+        speaker = build("speaker", "resemblyzer")
+    except Exception as exc:  # pragma: no cover - resemblyzer is installed by scripts/install.sh
+        pytest.skip(f"resemblyzer cannot be used here ({exc})")
+    model, text_tok = tiny_taste_model(tiny_whisper_dir, ["the cat sat on the mat"] * 5, tmp_path / "sp",
+                                       num_units=4)
+    assert model.decoder.speaker_dim == 0  # only the vocoder wants the voice
+    voc = UnitToSpecVocoder(num_units=4, units_fingerprint=extractor_fingerprint(extractor),
+                            speaker_dim=speaker.embedding_dim, **SMALL)
+    tok = TasteTokenizer(model, text_tok, units=extractor, speaker=speaker, vocoder=voc)
+    wav = sounds(3)[0][:8000] + 0.01 * torch.randn(8000, generator=torch.Generator().manual_seed(0))
+    tokens = tok.encode(wav, SR, "the cat")
+    assert tokens.speaker is not None and tokens.speaker.shape == (speaker.embedding_dim,)
+    torch.testing.assert_close(tokens.speaker, speaker(wav[None], torch.tensor([8000]))[0])
+    out = tok.decode(tokens, max_len_ratio=2.0)
+    units = out.units[0]
+    expected = voc(units[None], torch.tensor([units.numel()]), speaker=tokens.speaker[None])[0][0]
+    assert torch.equal(out.waveforms[0], expected)
+    with pytest.raises(InputError, match="speaker vector"):
+        tok.decode(type(tokens)(**{**tokens.__dict__, "speaker": None}))
+    with pytest.raises(ConfigError, match="speaker plugin gives none"):
+        TasteTokenizer(model, text_tok, units=extractor, vocoder=voc)
+    wrong = UnitToSpecVocoder(num_units=4, units_fingerprint=extractor_fingerprint(extractor), speaker_dim=3, **SMALL)
+    with pytest.raises(ConfigError, match="3-d speaker vectors"):
+        TasteTokenizer(model, text_tok, units=extractor, speaker=speaker, vocoder=wrong)
+
+
+def test_recipe_vocoder_follows_the_speaker_plugin(extractor, manifest, tmp_path):
+    """The recipe's vocoder block: trained with the speaker plugin's vectors unless speaker_dim: 0."""
+    from types import SimpleNamespace
+
+    from taste_toolkit.training.export import build_vocoder
+    from taste_toolkit.training.unit_vocoder import fit_recipe_vocoder
+
+    vectors = {f"u{i}": torch.tensor([float(i), 1.0]) for i in range(4)}
+    hparams = {"units": extractor, "speaker": None, "prep_folder": str(tmp_path),
+               "vocoder_options": {"unit_to_spec": {**SMALL, "n_iter": 3}},
+               "unit_vocoder_training": {"steps": 2, "batch_size": 2, "crop_units": 4, "progress": False}}
+    block = fit_recipe_vocoder(hparams, manifest, None)
+    assert set(block) == {"n_iter", "checkpoint"}  # only what build_vocoder may set on trained weights
+    plain = build_vocoder("unit_to_spec", {"unit_to_spec": block}, extractor)
+    assert plain.speaker_dim == 0 and plain.options["n_iter"] == 3 and plain.options["dim"] == 16
+
+    hparams["speaker"] = SimpleNamespace(embedding_dim=2)
+    voc = build_vocoder("unit_to_spec", {"unit_to_spec": fit_recipe_vocoder(hparams, manifest, None, vectors)},
+                        extractor)
+    assert voc.speaker_dim == 2
+    hparams["vocoder_options"]["unit_to_spec"]["speaker_dim"] = 0
+    assert build_vocoder("unit_to_spec", {"unit_to_spec": fit_recipe_vocoder(hparams, manifest, None, vectors)},
+                         extractor).speaker_dim == 0
+    hparams["vocoder_options"]["unit_to_spec"]["speaker_dim"] = 3
+    with pytest.raises(ConfigError, match="speaker plugin gives 2"):
+        fit_recipe_vocoder(hparams, manifest, None, vectors)

@@ -30,6 +30,7 @@ from taste_toolkit.training.data import build_datasets, compute_speaker_vectors,
 from taste_toolkit.training.export import export_tokenizer
 from taste_toolkit.training.staging import parse_stages, stage_plan
 from taste_toolkit.training.tokenizer_brain import TasteTokenizerBrain
+from taste_toolkit.training.unit_vocoder import fit_recipe_vocoder
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +47,12 @@ def run_stage(hparams, run_opts, encoder_cache=None):
         kwargs=dict(extractor=hparams["units"], manifests=splits, cache_dir=os.path.join(hparams["prep_folder"], "units"), fit_split=train),
     )
     units = {s: load_units(p) for s, p in unit_files.items()}
+    speakers = compute_speaker_vectors(hparams["speaker"], splits, os.path.join(hparams["prep_folder"], "speaker"))
     vocoder_blocks = dict(hparams.get("vocoder_options") or {})
     if hparams.get("vocoder_name") == "unit_to_spec" and not (vocoder_blocks.get("unit_to_spec") or {}).get("checkpoint"):
         # The exported vocoder is trained on the training split's units once, cached by their fingerprint.
-        from taste_toolkit.training.unit_vocoder import fit_unit_vocoder
-
-        checkpoint = run_on_main(fit_unit_vocoder, kwargs=dict(
-            extractor=hparams["units"], manifest=splits[train], unit_file=unit_files[train],
-            cache_dir=os.path.join(hparams["prep_folder"], "vocoder"), **hparams.get("unit_vocoder_training", {})))
-        vocoder_blocks["unit_to_spec"] = {**(vocoder_blocks.get("unit_to_spec") or {}), "checkpoint": checkpoint}
+        vocoder_blocks["unit_to_spec"] = fit_recipe_vocoder(hparams, splits[train], unit_files[train], speakers)
         hparams["vocoder_options"] = vocoder_blocks
-    speakers = compute_speaker_vectors(hparams["speaker"], splits, os.path.join(hparams["prep_folder"], "speaker"))
     word_starts = None
     if any(hparams[m].needs_unit_word_ids for m in ("decoder", "aggregator")):
         from taste_toolkit.data.word_alignment import split_word_starts

@@ -84,6 +84,9 @@ def main(argv=None):
     parser.add_argument("--conditions", default="original,gl_true_mel,griffin_lim_units,unit_to_spec_units")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save_wavs", default=None, help="folder for the vocoded wavs (optional)")
+    parser.add_argument("--speaker", default="none",
+                        help="speaker plugin whose vectors condition unit_to_spec (none, resemblyzer, ...); "
+                             "the test utterances use their own source's vector")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -102,13 +105,26 @@ def main(argv=None):
     vocoders = {}
     if "griffin_lim_units" in conditions or "gl_true_mel" in conditions:
         vocoders["griffin_lim_units"] = GriffinLimVocoder.from_units_extractor(extractor, n_iter=32)
+    speakers = {}
+    if args.speaker != "none":
+        from taste_toolkit.registry import build
+        from taste_toolkit.training.data import compute_speaker_vectors
+
+        speaker = build("speaker", args.speaker, {})
+        splits = {s: _find(args.prep_folder, s) for s in (args.train_split, args.test_split)}
+        speakers = compute_speaker_vectors(speaker, splits, os.path.join(args.prep_folder, "speaker"))
+        result["speaker"] = {"plugin": args.speaker, "embedding_dim": int(speaker.embedding_dim)}
     if "unit_to_spec_units" in conditions:
         train_options = json.loads(args.train_options)
+        vocoder_options = json.loads(args.vocoder_options)
+        if speakers:
+            vocoder_options["speaker_dim"] = result["speaker"]["embedding_dim"]
+            train_options["speaker_vectors"] = speakers
         started = time.time()
         path = fit_unit_vocoder(
             extractor, _find(args.prep_folder, args.train_split),
             args.cache_dir or os.path.join(args.prep_folder, "vocoder"),
-            unit_file=_unit_file(units_dir, args.train_split), vocoder_options=json.loads(args.vocoder_options),
+            unit_file=_unit_file(units_dir, args.train_split), vocoder_options=vocoder_options,
             steps=args.steps, **train_options,
         )  # fmt: skip
         vocoder = UnitToSpecVocoder.from_pretrained(path)
@@ -134,6 +150,9 @@ def main(argv=None):
                 out = wav
             elif name == "gl_true_mel":
                 out = gl_from_true_mel(vocoders["griffin_lim_units"], wav)
+            elif getattr(vocoders[name], "speaker_dim", 0):
+                spk = speakers[row["ID"]][None]
+                out = vocoders[name](units[None], torch.tensor([units.numel()]), speaker=spk)[0][0]
             else:
                 out = vocoders[name](units[None], torch.tensor([units.numel()]))[0][0]
             synth_seconds += time.time() - started

@@ -153,6 +153,19 @@ def _source_units(tok, wav, sample_rate):
     return units[0, : int(lengths[0])]
 
 
+def _source_speaker(tok, wav, sample_rate):
+    """``(1, D)`` speaker vector of the source for a speaker-conditioned vocoder, else None."""
+    import torch
+
+    from taste_toolkit.audio import prepare_waveform
+
+    if not getattr(tok.vocoder, "speaker_dim", 0):
+        return None
+    x = prepare_waveform(wav, sample_rate, target_sr=tok.input_sample_rate)
+    with torch.no_grad():
+        return tok.speaker(x[None].to(tok.device), torch.tensor([x.numel()], device=tok.device)).cpu()
+
+
 def teacher_forced_counts(tok, tokens, units, words=None):
     """Top-1/top-5 hits of the unit decoder fed the true previous units (EOS included).
 
@@ -280,7 +293,8 @@ class UnitsToplineSystem(System):
 
     def reconstruct(self, wav, sample_rate, text, utt_id, words=None):
         units = _source_units(self.tok, wav, sample_rate)
-        out = self.tok.vocode([units])[0].numpy().astype(np.float32)
+        # A speaker-conditioned vocoder gets the source's voice, as decode gives it from the tokens.
+        out = self.tok.vocode([units], _source_speaker(self.tok, wav, sample_rate))[0].numpy().astype(np.float32)
         return out, int(self.tok.vocoder.sample_rate), {"speech_tokens": int(units.numel()),
                                                           "bits_per_token": self.bits,
                                                           "codes": [[int(u)] for u in units.tolist()],

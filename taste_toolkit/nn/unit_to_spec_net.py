@@ -47,13 +47,20 @@ class UnitToSpecNet(nn.Module):
         Odd kernel of every dilated conv.
     dropout : float
         Dropout inside every residual block (training only).
+    speaker_dim : int
+        Width of an utterance-level speaker vector added (through a linear map) at
+        the input of the unit-rate and of the frame-rate blocks; 0: none.
     """
 
     def __init__(self, num_units, n_freq, frames_per_unit, dim, unit_dilations, frame_dilations, kernel_size,
-                 dropout=0.0):
+                 dropout=0.0, speaker_dim=0):
         super().__init__()
         self.fpu = frames_per_unit
+        self.speaker_dim = speaker_dim
         self.embed = nn.Embedding(num_units, dim)
+        # Units say what is said, not by whom: without the voice the net can only predict
+        # the average formants of all training voices (a blurred spectrogram).
+        self.speaker = nn.Linear(speaker_dim, 2 * dim) if speaker_dim else None
         self.unit_blocks = nn.ModuleList(ResBlock(dim, kernel_size, d, dropout) for d in unit_dilations)
         self.frame_blocks = nn.ModuleList(ResBlock(dim, kernel_size, d, dropout) for d in frame_dilations)
         # Position of a frame inside its unit (the unit blocks know nothing below the unit rate).
@@ -61,15 +68,20 @@ class UnitToSpecNet(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.out = nn.Conv1d(dim, n_freq, 1)
 
-    def forward(self, units, lengths):
-        """``units (B, S)`` long, ``lengths (B,)`` -> ``(B, S * fpu, n_freq)`` natural-log magnitudes."""
+    def forward(self, units, lengths, speaker=None):
+        """``units (B, S)`` long, ``lengths (B,)``, ``speaker (B, speaker_dim)`` or None ->
+        ``(B, S * fpu, n_freq)`` natural-log magnitudes."""
         batch, steps = units.shape
         mask = (torch.arange(steps, device=units.device)[None] < lengths[:, None]).to(self.phase.dtype)
         mask = mask.unsqueeze(1)  # (B, 1, S)
-        x = self.embed(units.clamp(min=0)).transpose(1, 2) * mask  # (B, dim, S)
+        x = self.embed(units.clamp(min=0)).transpose(1, 2)  # (B, dim, S)
+        spk_units = spk_frames = 0.0
+        if self.speaker is not None:
+            spk_units, spk_frames = self.speaker(speaker.to(x.dtype)).unsqueeze(-1).chunk(2, dim=1)
+        x = (x + spk_units) * mask
         for block in self.unit_blocks:
             x = block(x, mask)
-        x = x.repeat_interleave(self.fpu, dim=2) + self.phase.repeat(1, steps)[None]
+        x = x.repeat_interleave(self.fpu, dim=2) + self.phase.repeat(1, steps)[None] + spk_frames
         mask = mask.repeat_interleave(self.fpu, dim=2)
         x = x * mask
         for block in self.frame_blocks:

@@ -46,8 +46,8 @@ TRAINING_VERSION = "1"
 SYNTHESIS_OPTIONS = ("n_iter", "momentum", "seed")
 
 
-def _load_pairs(extractor, rows, unit_file, spu):
-    """``[(units (S,), wav (S * spu,))]`` for every manifest row, waveforms zero-extended."""
+def _load_pairs(extractor, rows, unit_file, spu, speaker_vectors=None):
+    """``[(units (S,), wav (S * spu,), speaker (D,) or None)]`` per manifest row, waveforms zero-extended."""
     from tqdm import tqdm
 
     cached = load_units(unit_file) if unit_file else None
@@ -69,7 +69,12 @@ def _load_pairs(extractor, rows, unit_file, spu):
             )
         full = torch.zeros(steps * spu)
         full[: min(wav.numel(), full.numel())] = wav[: full.numel()]
-        pairs.append((units.long(), full))
+        speaker = None
+        if speaker_vectors is not None:
+            if row["ID"] not in speaker_vectors:
+                raise DataPreparationError(f"No speaker vector for {row['ID']!r}; compute them for this manifest.")
+            speaker = speaker_vectors[row["ID"]].float()
+        pairs.append((units.long(), full, speaker))
     return pairs
 
 
@@ -83,17 +88,23 @@ class _CropSampler:
     """
 
     def __init__(self, pairs, crop, spu, half, seed):
+        # (units, wav) pairs or (units, wav, speaker vector) triples
+        pairs = [tuple(p) if len(p) == 3 else (*p, None) for p in pairs]
         self.pairs, self.crop, self.spu, self.half = pairs, crop, spu, half
         self.generator = torch.Generator().manual_seed(seed)
-        self.weights = torch.tensor([float(u.numel()) for u, _ in pairs])
+        self.weights = torch.tensor([float(u.numel()) for u, _, _ in pairs])
+        self.speaker_dim = pairs[0][2].numel() if pairs and pairs[0][2] is not None else 0
 
     def sample(self, batch):
         picks = torch.multinomial(self.weights, batch, replacement=True, generator=self.generator)
         units = torch.zeros(batch, self.crop, dtype=torch.long)
         lengths = torch.zeros(batch, dtype=torch.long)
         wavs = torch.zeros(batch, self.crop * self.spu + 2 * self.half)
+        speakers = torch.zeros(batch, self.speaker_dim) if self.speaker_dim else None
         for i, p in enumerate(picks.tolist()):
-            u, wav = self.pairs[p]
+            u, wav, speaker = self.pairs[p]
+            if speakers is not None:
+                speakers[i] = speaker
             n = min(self.crop, u.numel())
             start = int(torch.randint(0, u.numel() - n + 1, (1,), generator=self.generator))
             units[i, :n] = u[start : start + n]
@@ -101,7 +112,7 @@ class _CropSampler:
             lo, hi = start * self.spu - self.half, (start + n) * self.spu + self.half
             seg = wav[max(lo, 0) : min(hi, wav.numel())]
             wavs[i, max(-lo, 0) : max(-lo, 0) + seg.numel()] = seg
-        return units, lengths, wavs
+        return units, lengths, wavs, speakers
 
 
 def _target(vocoder, wavs, frames):
@@ -113,7 +124,7 @@ def _target(vocoder, wavs, frames):
     return spec.abs().clamp(min=opts["log_floor"]).log().transpose(1, 2)[:, :frames]
 
 
-def spectral_l1(vocoder, units, lengths, wavs):
+def spectral_l1(vocoder, units, lengths, wavs, speaker=None):
     """Mean L1 between predicted and true log-magnitudes over valid frames (the training loss).
 
     Arguments
@@ -126,13 +137,15 @@ def spectral_l1(vocoder, units, lengths, wavs):
     wavs : torch.Tensor
         ``(B, C * samples_per_unit + n_fft)`` waveform crops with ``n_fft // 2``
         samples of context on each side (see :class:`_CropSampler`).
+    speaker : torch.Tensor, optional
+        ``(B, speaker_dim)`` for a speaker-conditioned vocoder.
 
     Returns
     -------
     torch.Tensor
         Scalar loss.
     """
-    pred, frame_lengths = vocoder.spectrogram(units, lengths)
+    pred, frame_lengths = vocoder.spectrogram(units, lengths, speaker)
     target = _target(vocoder, wavs, pred.shape[1])
     mask = (torch.arange(pred.shape[1])[None] < frame_lengths[:, None]).unsqueeze(-1).to(pred.dtype)
     return ((pred - target).abs() * mask).sum() / (mask.sum() * pred.shape[-1]).clamp(min=1)
@@ -145,8 +158,10 @@ def train_unit_vocoder(vocoder, pairs, steps=1500, batch_size=16, crop_units=40,
     Arguments
     ---------
     vocoder : UnitToSpecVocoder
-    pairs : list of (torch.Tensor, torch.Tensor)
-        Units ``(S,)`` and the waveform ``(S * samples_per_unit,)`` (zero-extended).
+    pairs : list of tuple
+        Units ``(S,)`` and the waveform ``(S * samples_per_unit,)`` (zero-extended),
+        plus the utterance's speaker vector ``(speaker_dim,)`` for a vocoder with
+        ``speaker_dim > 0``.
     steps, batch_size, crop_units : int
         Optimizer steps, crops per step, units per crop.
     lr : float
@@ -174,7 +189,7 @@ def train_unit_vocoder(vocoder, pairs, steps=1500, batch_size=16, crop_units=40,
             module.reset_parameters()
     sampler = _CropSampler(pairs, crop_units, vocoder.samples_per_unit, vocoder.options["n_fft"] // 2, seed)
     with torch.no_grad():  # start from the mean log-spectrum: the loss starts low
-        units, lengths, wavs = sampler.sample(64)
+        units, lengths, wavs, _ = sampler.sample(64)
         frames = int(lengths.max()) * vocoder.frames_per_unit
         vocoder.net.out.bias.copy_(_target(vocoder, wavs, frames).mean(dim=(0, 1)))
     vocoder.train()
@@ -189,12 +204,12 @@ def train_unit_vocoder(vocoder, pairs, steps=1500, batch_size=16, crop_units=40,
     losses, started = [], time.time()
     bar = tqdm(range(steps), desc="unit_to_spec vocoder", unit="step", disable=not progress)
     for _ in bar:
-        units, lengths, wavs = sampler.sample(batch_size)
+        units, lengths, wavs, speakers = sampler.sample(batch_size)
         if unit_noise > 0:
             swap = torch.rand(units.shape, generator=sampler.generator) < unit_noise
             noise = torch.randint(0, vocoder.num_units, units.shape, generator=sampler.generator)
             units = torch.where(swap, noise, units)
-        loss = spectral_l1(vocoder, units, lengths, wavs)
+        loss = spectral_l1(vocoder, units, lengths, wavs, speakers)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vocoder.parameters(), 1.0)
@@ -213,9 +228,22 @@ def train_unit_vocoder(vocoder, pairs, steps=1500, batch_size=16, crop_units=40,
     }
 
 
+def _speaker_digest(speaker_vectors, rows):
+    """Hash of the training rows' speaker vectors (rounded: float noise must not retrain)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for row in rows:
+        vector = speaker_vectors.get(row["ID"])
+        if vector is not None:
+            digest.update(row["ID"].encode())
+            digest.update((vector.float() * 1e4).round().to(torch.int64).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def fit_unit_vocoder(extractor, manifest, cache_dir, unit_file=None, vocoder_options=None, steps=1500,
                      batch_size=16, crop_units=40, lr=3e-3, seed=0, unit_noise=0.1, max_utterances=None,
-                     progress=True):
+                     progress=True, speaker_vectors=None):
     """Train (or reuse) a ``unit_to_spec`` vocoder for a fitted unit extractor.
 
     Arguments
@@ -239,6 +267,10 @@ def fit_unit_vocoder(extractor, manifest, cache_dir, unit_file=None, vocoder_opt
         Train on at most this many utterances (the first ones of the manifest).
     progress : bool
         tqdm progress bars.
+    speaker_vectors : dict, optional
+        ``{utterance ID: (D,) tensor}`` from the speaker plugin
+        (:func:`taste_toolkit.training.data.compute_speaker_vectors`); required
+        when ``vocoder_options["speaker_dim"] > 0``, refused otherwise.
 
     Returns
     -------
@@ -260,11 +292,25 @@ def fit_unit_vocoder(extractor, manifest, cache_dir, unit_file=None, vocoder_opt
     rows = read_manifest(manifest)
     if max_utterances is not None:
         rows = rows[:max_utterances]
+    speaker_dim = int(options.get("speaker_dim", 0))
+    if bool(speaker_dim) != (speaker_vectors is not None):
+        raise ConfigError(
+            f"unit_to_spec speaker_dim={speaker_dim} needs speaker vectors exactly when it is > 0; got "
+            f"{'none' if speaker_vectors is None else 'speaker vectors'}. Set speaker_dim to the speaker "
+            "plugin's embedding_dim and pass its vectors, or neither."
+        )
+    if speaker_vectors is not None:
+        dims = {int(v.numel()) for v in speaker_vectors.values()}
+        if dims != {speaker_dim}:
+            raise ConfigError(f"unit_to_spec speaker_dim={speaker_dim} but the speaker vectors have widths {sorted(dims)}.")
     training = dict(steps=steps, batch_size=batch_size, crop_units=crop_units, lr=lr, seed=seed,
                     unit_noise=unit_noise, max_utterances=max_utterances)
     # Every option that shapes the weights, defaults included (synthesis options do not).
     resolved = {k: v for k, v in UnitToSpecVocoder(**options).options.items() if k not in SYNTHESIS_OPTIONS}
-    key = _key(TRAINING_VERSION, resolved, training, _manifest_digest(manifest, rows))
+    key_parts = [TRAINING_VERSION, resolved, training, _manifest_digest(manifest, rows)]
+    if speaker_vectors is not None:  # other speaker vectors (another speaker model) train other weights
+        key_parts.append(_speaker_digest(speaker_vectors, rows))
+    key = _key(*key_parts)
     os.makedirs(cache_dir, exist_ok=True)
     path = os.path.join(cache_dir, f"unit_to_spec-{key}.safetensors")
     if os.path.isfile(path):
@@ -275,7 +321,7 @@ def fit_unit_vocoder(extractor, manifest, cache_dir, unit_file=None, vocoder_opt
         except Exception as exc:  # corrupt: retrain
             logger.warning("Cached vocoder %s is unusable (%s); training it again.", path, exc)
     vocoder = UnitToSpecVocoder(**options)
-    pairs = _load_pairs(extractor, rows, unit_file, int(spu))
+    pairs = _load_pairs(extractor, rows, unit_file, int(spu), speaker_vectors)
     summary = train_unit_vocoder(vocoder, pairs, steps=steps, batch_size=batch_size, crop_units=crop_units,
                                  lr=lr, seed=seed, unit_noise=unit_noise, progress=progress)
     summary.update(training, utterances=len(pairs), manifest=os.path.abspath(manifest))
@@ -283,3 +329,45 @@ def fit_unit_vocoder(extractor, manifest, cache_dir, unit_file=None, vocoder_opt
                 summary["seconds"], summary["first_loss"], summary["final_loss"], path)
     vocoder.save(path, metadata=summary)
     return path
+
+
+def fit_recipe_vocoder(hparams, manifest, unit_file, speaker_vectors=None):
+    """Train (or reuse) the recipe's ``unit_to_spec`` vocoder; return its ``vocoder_options`` block.
+
+    The block's options that shape the weights (``dim``, ``speaker_dim`` ...) go to
+    training; the returned block keeps only the synthesis options and the
+    ``checkpoint``, which is what :func:`taste_toolkit.training.export.build_vocoder`
+    loads. The vocoder is conditioned on the tokenizer's speaker plugin whenever
+    it has one (``speaker_dim`` = its ``embedding_dim``) unless the block sets
+    ``speaker_dim: 0``. Runs on the main process only (the others wait).
+
+    Arguments
+    ---------
+    hparams : dict
+        Loaded recipe hparams (``units``, ``speaker``, ``vocoder_options``,
+        ``unit_vocoder_training``, ``prep_folder``).
+    manifest, unit_file : str
+        Training split manifest and its units file.
+    speaker_vectors : dict, optional
+        ``{ID: (D,)}`` from :func:`taste_toolkit.training.data.compute_speaker_vectors`.
+    """
+    from speechbrain.utils.distributed import run_on_main
+
+    block = dict((hparams.get("vocoder_options") or {}).get("unit_to_spec") or {})
+    synthesis = {k: block.pop(k) for k in SYNTHESIS_OPTIONS if k in block}
+    speaker = hparams.get("speaker")
+    available = int(getattr(speaker, "embedding_dim", 0) or 0) if speaker is not None else 0
+    speaker_dim = int(block.pop("speaker_dim", available))
+    if speaker_dim and speaker_dim != available:
+        raise ConfigError(
+            f"vocoder_options.unit_to_spec.speaker_dim={speaker_dim} but the speaker plugin gives "
+            f"{available or 'no'} vectors; set speaker_name (e.g. resemblyzer) or speaker_dim: 0."
+        )
+    if speaker_dim:
+        block["speaker_dim"] = speaker_dim
+    checkpoint = run_on_main(fit_unit_vocoder, kwargs=dict(
+        extractor=hparams["units"], manifest=manifest, unit_file=unit_file, vocoder_options=block,
+        cache_dir=os.path.join(hparams["prep_folder"], "vocoder"),
+        speaker_vectors=speaker_vectors if speaker_dim else None, **hparams.get("unit_vocoder_training", {}),
+    ))  # fmt: skip
+    return {**synthesis, "checkpoint": checkpoint}

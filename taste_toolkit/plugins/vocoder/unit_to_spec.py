@@ -82,6 +82,12 @@ class UnitToSpecVocoder(Vocoder):
         Griffin-Lim iterations and fast-GL momentum.
     seed : int
         Seed of Griffin-Lim's random initial phase (the same for every utterance).
+    speaker_dim : int
+        Width of the utterance-level speaker vector the network is conditioned on
+        (the tokenizer's speaker plugin computes it from the source audio, as
+        CosyVoice's x-vector); 0: units alone. Units carry what is said, not the
+        voice, so without it the network predicts the average of all training
+        voices' formants.
 
     Example
     -------
@@ -108,6 +114,7 @@ class UnitToSpecVocoder(Vocoder):
         n_iter: int = 64,
         momentum: float = 0.99,
         seed: int = 0,
+        speaker_dim: int = 0,
     ):
         super().__init__()
         unit_dilations = [int(d) for d in unit_dilations]
@@ -128,6 +135,8 @@ class UnitToSpecVocoder(Vocoder):
                 f"unit_to_spec needs an odd kernel_size and dilations >= 1, got {kernel_size}, "
                 f"{unit_dilations}, {frame_dilations}."
             )
+        if speaker_dim < 0:
+            raise ConfigError(f"unit_to_spec option speaker_dim must be >= 0 (0: no speaker), got {speaker_dim}.")
         if not 0 <= dropout < 1 or not 0 <= momentum < 1 or log_floor <= 0 or hop_length > n_fft:
             raise ConfigError(
                 "unit_to_spec needs 0 <= dropout < 1, 0 <= momentum < 1, log_floor > 0 and hop_length "
@@ -142,8 +151,9 @@ class UnitToSpecVocoder(Vocoder):
         self._sample_rate = sample_rate
         self.net = UnitToSpecNet(
             num_units, n_fft // 2 + 1, self.frames_per_unit, dim, unit_dilations, frame_dilations, kernel_size,
-            dropout,
+            dropout, speaker_dim,
         )
+        self.speaker_dim = int(speaker_dim)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
     @property
@@ -252,7 +262,29 @@ class UnitToSpecVocoder(Vocoder):
             )
         return units.long(), lengths
 
-    def spectrogram(self, units, unit_lengths=None):
+    def _check_speaker(self, speaker, batch):
+        """``(B, speaker_dim)`` float speaker vectors, or None for a vocoder without them."""
+        if not self.speaker_dim:
+            return None  # a speaker vector a vocoder cannot use is ignored, as by griffin_lim
+        if speaker is None:
+            raise InputError(
+                f"This unit_to_spec vocoder was trained with {self.speaker_dim}-d speaker vectors: pass "
+                "speaker=(B, speaker_dim) from the speaker plugin it was trained with (TasteTokenizer "
+                "does this from the source audio)."
+            )
+        speaker = torch.as_tensor(speaker)
+        if speaker.dim() == 1:
+            speaker = speaker.unsqueeze(0)
+        if tuple(speaker.shape) != (batch, self.speaker_dim) or not speaker.is_floating_point():
+            raise InputError(
+                f"unit_to_spec expects speaker vectors ({batch}, {self.speaker_dim}) float, got "
+                f"{tuple(speaker.shape)} {speaker.dtype}."
+            )
+        if not torch.isfinite(speaker).all():
+            raise InputError("unit_to_spec speaker vectors hold NaN or inf.")
+        return speaker.to(self.window.device)
+
+    def spectrogram(self, units, unit_lengths=None, speaker=None):
         """Predicted log-magnitudes (differentiable; used for training).
 
         Arguments
@@ -261,6 +293,8 @@ class UnitToSpecVocoder(Vocoder):
             ``(B, S)`` unit ids; values after ``unit_lengths`` are ignored.
         unit_lengths : torch.Tensor, optional
             ``(B,)`` valid units (absolute); ``None`` means all ``S``.
+        speaker : torch.Tensor, optional
+            ``(B, speaker_dim)``; required when ``speaker_dim > 0``.
 
         Returns
         -------
@@ -270,15 +304,16 @@ class UnitToSpecVocoder(Vocoder):
             ``(B,)`` ``unit_lengths * fpu``.
         """
         units, lengths = self._check(units, unit_lengths)
+        speaker = self._check_speaker(speaker, units.shape[0])
         device = self.window.device
         units, lengths = units.to(device), lengths.to(device)
-        log_mag = self.net(units, lengths)
+        log_mag = self.net(units, lengths, speaker)
         frame_lengths = lengths * self.frames_per_unit
         mask = torch.arange(log_mag.shape[1], device=device)[None] < frame_lengths[:, None]
         return log_mag * mask.unsqueeze(-1), frame_lengths
 
     @torch.no_grad()
-    def forward(self, units, unit_lengths=None):
+    def forward(self, units, unit_lengths=None, speaker=None):
         """Synthesize a batch.
 
         Arguments
@@ -287,6 +322,8 @@ class UnitToSpecVocoder(Vocoder):
             ``(B, S)`` integer unit ids; values after ``unit_lengths`` are ignored.
         unit_lengths : torch.Tensor, optional
             ``(B,)`` valid units (absolute, 0 gives an empty waveform); ``None`` = all.
+        speaker : torch.Tensor, optional
+            ``(B, speaker_dim)`` speaker vectors; required when ``speaker_dim > 0``.
 
         Returns
         -------
@@ -296,6 +333,7 @@ class UnitToSpecVocoder(Vocoder):
             ``(B,)`` long, ``unit_lengths * samples_per_unit``.
         """
         units, lengths = self._check(units, unit_lengths)
+        speaker = self._check_speaker(speaker, units.shape[0])
         wav_lengths = lengths * self.samples_per_unit
         wavs = self.window.new_zeros(units.shape[0], int(wav_lengths.max()) if wav_lengths.numel() else 0)
         # One utterance at a time (Griffin-Lim dominates the cost): the output of an
@@ -305,7 +343,8 @@ class UnitToSpecVocoder(Vocoder):
         try:
             for i, n in enumerate(lengths.tolist()):
                 if n > 0:
-                    log_mag, _ = self.spectrogram(units[i : i + 1, :n])
+                    log_mag, _ = self.spectrogram(units[i : i + 1, :n],
+                                                  speaker=None if speaker is None else speaker[i : i + 1])
                     wavs[i, : n * self.samples_per_unit] = self._invert(log_mag[0])
         finally:
             self.net.train(was_training)
