@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from taste_toolkit.errors import ConfigError, InputError, MissingResourceError
+from taste_toolkit.errors import ConfigError, DataPreparationError, InputError, MissingResourceError
 from taste_toolkit.plugins.units.mel_kmeans import MelKMeansUnits
 from taste_toolkit.plugins.vocoder.unit_to_spec import UnitToSpecVocoder
 from taste_toolkit.registry import available, build
@@ -307,7 +307,6 @@ def test_fit_with_speaker_vectors(extractor, manifest, tmp_path):
     other = {k: v + 1.0 for k, v in vectors.items()}  # another speaker model: other weights
     assert fit_unit_vocoder(extractor, manifest, cache, speaker_vectors=other, **options) != path
     missing = {k: v for k, v in vectors.items() if k != "u2"}
-    from taste_toolkit.errors import DataPreparationError
 
     with pytest.raises(DataPreparationError, match="u2"):
         fit_unit_vocoder(extractor, manifest, str(tmp_path / "voc2"), speaker_vectors=missing, **options)
@@ -371,3 +370,26 @@ def test_recipe_vocoder_follows_the_speaker_plugin(extractor, manifest, tmp_path
     hparams["vocoder_options"]["unit_to_spec"]["speaker_dim"] = 3
     with pytest.raises(ConfigError, match="speaker plugin gives 2"):
         fit_recipe_vocoder(hparams, manifest, None, vectors)
+
+
+def test_fit_with_extra_training_audio(extractor, manifest, tmp_path):
+    """Extra manifests (a real voice) add training audio; their units come from the extractor."""
+    import soundfile as sf
+
+    extra = tmp_path / "extra.csv"
+    with open(extra, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["ID", "duration", "wav", "spk_id", "wrd"])
+        for i, wav in enumerate(sounds(5)[:2]):
+            sf.write(tmp_path / f"x{i}.wav", wav.numpy(), SR)
+            writer.writerow([f"x{i}", 1.0, str(tmp_path / f"x{i}.wav"), "r", "y"])
+    options = dict(vocoder_options=SMALL, steps=2, batch_size=2, crop_units=4, progress=False)
+    base = fit_unit_vocoder(extractor, manifest, str(tmp_path / "voc"), **options)
+    more = fit_unit_vocoder(extractor, manifest, str(tmp_path / "voc"), extra_manifests=[str(extra)], **options)
+    assert more != base  # other training data, other cache key
+    summary = UnitToSpecVocoder.from_pretrained(more).training_summary
+    assert summary["utterances"] == 6 and summary["extra_manifests"] == [str(extra)]
+    vectors = {f"u{i}": torch.ones(2) for i in range(4)}
+    with pytest.raises(DataPreparationError, match="x0"):  # the extra audio needs speaker vectors too
+        fit_unit_vocoder(extractor, manifest, str(tmp_path / "voc"), extra_manifests=[str(extra)],
+                         speaker_vectors=vectors, **{**options, "vocoder_options": {**SMALL, "speaker_dim": 2}})

@@ -6,6 +6,9 @@ for an earlier or interrupted run, from its saved ``hyperparams.yaml``::
 
     python recipes/librispeech/export.py results/taste/1986/hyperparams.yaml
     python recipes/librispeech/export.py results/taste/1986/hyperparams.yaml --output /tmp/tok --vocoder griffin_lim
+    # the trained vocoder, conditioned on the source's voice (resemblyzer), the decoder as trained:
+    python recipes/librispeech/export.py results/taste/1986/hyperparams.yaml --output /tmp/tok \
+        --vocoder unit_to_spec --speaker_name=resemblyzer --decoder_speaker_dim=0
 
 The best checkpoint by dev loss is loaded; the data preparation steps are the
 recipe's own and are all cached, so they only reload the fitted text tokenizer
@@ -21,7 +24,9 @@ from taste_toolkit.data.corpus_preparation import fit_text_tokenizer, prepare_co
 from taste_toolkit.data.unit_cache import prepare_units
 from taste_toolkit.errors import MissingResourceError
 from taste_toolkit.hparams_loader import load_hparams
+from taste_toolkit.training.data import compute_speaker_vectors
 from taste_toolkit.training.export import export_tokenizer
+from taste_toolkit.training.unit_vocoder import fit_recipe_vocoder
 
 
 def main():
@@ -40,8 +45,14 @@ def main():
     manifests, train = prepare_corpus(hparams)
     fit_text_tokenizer(hparams, manifests, train)
     splits = {s: manifests[s] for s in [train] + hparams["dev_splits"] + hparams["test_splits"]}
-    prepare_units(extractor=hparams["units"], manifests=splits,
-                  cache_dir=os.path.join(hparams["prep_folder"], "units"), fit_split=train)
+    unit_files = prepare_units(extractor=hparams["units"], manifests=splits,
+                               cache_dir=os.path.join(hparams["prep_folder"], "units"), fit_split=train)
+    blocks = dict(hparams.get("vocoder_options") or {})
+    if hparams["vocoder_name"] == "unit_to_spec" and not (blocks.get("unit_to_spec") or {}).get("checkpoint"):
+        # Trained once on the training split (cached), as train.py does.
+        speakers = compute_speaker_vectors(hparams["speaker"], splits, os.path.join(hparams["prep_folder"], "speaker"))
+        blocks["unit_to_spec"] = fit_recipe_vocoder(hparams, splits[train], unit_files[train], speakers)
+        hparams["vocoder_options"] = blocks
     if hparams["checkpointer"].recover_if_possible(min_key="loss") is None:
         raise MissingResourceError(f"No checkpoint in {hparams['save_folder']}: train first.")
     folder = hparams.get("export_folder") or os.path.join(hparams["output_folder"], "tokenizer")

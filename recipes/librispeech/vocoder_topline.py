@@ -22,6 +22,9 @@ and a unit cache, as ``recipes/librispeech/train.py`` writes them)::
         --out results/vocoder_topline.json
     python recipes/librispeech/vocoder_topline.py --prep_folder /tmp/voc_work/prepared \\
         --cache_dir /tmp/voc_work/vocoder --out /tmp/voc_work/topline.json --num_test 12
+    # conditioned on the source's voice, with the Asterisk real voice added to the training audio:
+    python recipes/librispeech/vocoder_topline.py --prep_folder results/prepared --speaker resemblyzer \\
+        --train_options '{"extra_manifests": ["results/asterisk_train/train.csv"]}' --num_test 12
 """
 
 import argparse
@@ -112,6 +115,8 @@ def main(argv=None):
 
         speaker = build("speaker", args.speaker, {})
         splits = {s: _find(args.prep_folder, s) for s in (args.train_split, args.test_split)}
+        for i, path in enumerate(json.loads(args.train_options).get("extra_manifests", [])):
+            splits[f"extra{i}"] = path  # e.g. the Asterisk real voice (taste_toolkit.data.asterisk)
         speakers = compute_speaker_vectors(speaker, splits, os.path.join(args.prep_folder, "speaker"))
         result["speaker"] = {"plugin": args.speaker, "embedding_dim": int(speaker.embedding_dim)}
     if "unit_to_spec_units" in conditions:

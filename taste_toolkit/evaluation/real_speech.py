@@ -23,7 +23,6 @@ Usage::
 
 import argparse
 import glob
-import gzip
 import json
 import os
 import re
@@ -31,11 +30,8 @@ import subprocess
 import sys
 import tarfile
 
+from taste_toolkit.data.asterisk import asterisk_prompts
 from taste_toolkit.errors import MissingResourceError
-
-ASTERISK_DIR = "/usr/share/asterisk/sounds/en_US_f_Allison"
-ASTERISK_TEXT = "/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
-
 
 def fetch_pocketsphinx_sdist(cache_dir):
     """Path of the pocketsphinx sdist in ``cache_dir``, downloaded with pip if absent."""
@@ -72,38 +68,6 @@ def librivox_clips(sdist):
             out.append((f"librivox-{stem.rsplit('-', 1)[-1]}", wav.mean(axis=1), int(sr), text))
     if not out:
         raise MissingResourceError(f"No LibriVox clips with transcripts found in {sdist}.")
-    return out
-
-
-def asterisk_prompts(limit, min_words=4, prompt_dir=ASTERISK_DIR, text_file=ASTERISK_TEXT):
-    """``[(id, waveform, 16000, text)]`` of the first ``limit`` prompts with >= ``min_words`` words."""
-    import av
-    import numpy as np
-
-    if not (os.path.isdir(prompt_dir) and os.path.isfile(text_file)):
-        raise MissingResourceError(
-            f"Asterisk prompts not found ({prompt_dir}, {text_file}): "
-            "apt-get install asterisk-core-sounds-en asterisk-core-sounds-en-g722 (scripts/install.sh does).")
-    texts = {}
-    with gzip.open(text_file, "rt", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            name, sep, text = line.partition(":")
-            # Stage directions such as "[pause]" are not spoken words.
-            text = re.sub(r"\[[^\]]*\]", " ", text).strip()
-            if sep and text and "/" not in name:
-                texts[name.strip()] = " ".join(text.split())
-    out = []
-    for name in sorted(texts):
-        path = os.path.join(prompt_dir, f"{name}.g722")
-        if not os.path.isfile(path) or len(re.findall(r"[A-Za-z']+", texts[name])) < min_words:
-            continue
-        with av.open(path, format="g722") as container:
-            wav = np.concatenate([fr.to_ndarray().reshape(-1) for fr in container.decode(audio=0)]).astype(np.float32)
-        if wav.dtype.kind != "f" or np.abs(wav).max() > 1.0:
-            wav = wav / 32768.0
-        out.append((f"asterisk-{name}", wav, 16000, texts[name]))
-        if len(out) >= limit:
-            break
     return out
 
 

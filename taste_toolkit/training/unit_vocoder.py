@@ -243,7 +243,7 @@ def _speaker_digest(speaker_vectors, rows):
 
 def fit_unit_vocoder(extractor, manifest, cache_dir, unit_file=None, vocoder_options=None, steps=1500,
                      batch_size=16, crop_units=40, lr=3e-3, seed=0, unit_noise=0.1, max_utterances=None,
-                     progress=True, speaker_vectors=None):
+                     progress=True, speaker_vectors=None, extra_manifests=()):
     """Train (or reuse) a ``unit_to_spec`` vocoder for a fitted unit extractor.
 
     Arguments
@@ -271,6 +271,10 @@ def fit_unit_vocoder(extractor, manifest, cache_dir, unit_file=None, vocoder_opt
         ``{utterance ID: (D,) tensor}`` from the speaker plugin
         (:func:`taste_toolkit.training.data.compute_speaker_vectors`); required
         when ``vocoder_options["speaker_dim"] > 0``, refused otherwise.
+    extra_manifests : list of str
+        More training audio (``ID, wav`` manifests, e.g. the real voice of
+        :func:`taste_toolkit.data.asterisk.prepare_asterisk_split`); their units are
+        computed with ``extractor``. The vocoder needs no transcripts.
 
     Returns
     -------
@@ -299,6 +303,7 @@ def fit_unit_vocoder(extractor, manifest, cache_dir, unit_file=None, vocoder_opt
             f"{'none' if speaker_vectors is None else 'speaker vectors'}. Set speaker_dim to the speaker "
             "plugin's embedding_dim and pass its vectors, or neither."
         )
+    extra = [(path, read_manifest(path)) for path in extra_manifests or ()]
     if speaker_vectors is not None:
         dims = {int(v.numel()) for v in speaker_vectors.values()}
         if dims != {speaker_dim}:
@@ -308,8 +313,9 @@ def fit_unit_vocoder(extractor, manifest, cache_dir, unit_file=None, vocoder_opt
     # Every option that shapes the weights, defaults included (synthesis options do not).
     resolved = {k: v for k, v in UnitToSpecVocoder(**options).options.items() if k not in SYNTHESIS_OPTIONS}
     key_parts = [TRAINING_VERSION, resolved, training, _manifest_digest(manifest, rows)]
+    key_parts += [_manifest_digest(path, extra_rows) for path, extra_rows in extra]
     if speaker_vectors is not None:  # other speaker vectors (another speaker model) train other weights
-        key_parts.append(_speaker_digest(speaker_vectors, rows))
+        key_parts.append(_speaker_digest(speaker_vectors, rows + [r for _, more in extra for r in more]))
     key = _key(*key_parts)
     os.makedirs(cache_dir, exist_ok=True)
     path = os.path.join(cache_dir, f"unit_to_spec-{key}.safetensors")
@@ -322,9 +328,12 @@ def fit_unit_vocoder(extractor, manifest, cache_dir, unit_file=None, vocoder_opt
             logger.warning("Cached vocoder %s is unusable (%s); training it again.", path, exc)
     vocoder = UnitToSpecVocoder(**options)
     pairs = _load_pairs(extractor, rows, unit_file, int(spu), speaker_vectors)
+    for _, extra_rows in extra:
+        pairs += _load_pairs(extractor, extra_rows, None, int(spu), speaker_vectors)
     summary = train_unit_vocoder(vocoder, pairs, steps=steps, batch_size=batch_size, crop_units=crop_units,
                                  lr=lr, seed=seed, unit_noise=unit_noise, progress=progress)
-    summary.update(training, utterances=len(pairs), manifest=os.path.abspath(manifest))
+    summary.update(training, utterances=len(pairs), manifest=os.path.abspath(manifest),
+                   extra_manifests=[os.path.abspath(path) for path, _ in extra])
     logger.info("unit_to_spec vocoder trained in %.0f s (L1 %.3f -> %.3f): %s",
                 summary["seconds"], summary["first_loss"], summary["final_loss"], path)
     vocoder.save(path, metadata=summary)
@@ -365,9 +374,17 @@ def fit_recipe_vocoder(hparams, manifest, unit_file, speaker_vectors=None):
         )
     if speaker_dim:
         block["speaker_dim"] = speaker_dim
+    training = dict(hparams.get("unit_vocoder_training") or {})
+    extra = list(training.pop("extra_manifests", None) or [])
+    if speaker_dim and extra:
+        from taste_toolkit.training.data import compute_speaker_vectors
+
+        more = compute_speaker_vectors(speaker, {f"extra{i}": p for i, p in enumerate(extra)},
+                                       os.path.join(hparams["prep_folder"], "speaker"))
+        speaker_vectors = {**(speaker_vectors or {}), **more}
     checkpoint = run_on_main(fit_unit_vocoder, kwargs=dict(
         extractor=hparams["units"], manifest=manifest, unit_file=unit_file, vocoder_options=block,
-        cache_dir=os.path.join(hparams["prep_folder"], "vocoder"),
-        speaker_vectors=speaker_vectors if speaker_dim else None, **hparams.get("unit_vocoder_training", {}),
+        cache_dir=os.path.join(hparams["prep_folder"], "vocoder"), extra_manifests=extra,
+        speaker_vectors=speaker_vectors if speaker_dim else None, **training,
     ))  # fmt: skip
     return {**synthesis, "checkpoint": checkpoint}
