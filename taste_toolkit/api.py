@@ -156,11 +156,7 @@ class TasteTokenizer(TokenizerBase):
 
     def _level(self):
         agg = self.model.aggregator
-        if agg.output_dim == 0:
-            return "none"
-        if getattr(agg, "word_pooling", None) == "mean":
-            return "word"
-        return "frame" if agg.needs_audio and not hasattr(agg, "word_pooling") else "token"
+        return "none" if agg.output_dim == 0 else agg.output_level
 
     def _info(self):
         """Code geometry for :meth:`info` (zeros for models without codes)."""

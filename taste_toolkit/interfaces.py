@@ -236,6 +236,12 @@ class Aggregator(nn.Module, abc.ABC, Plugin):
     #: ceiling). Read by ``TasteModel.tokenize``, ``TokenizerBrain`` and the recipe
     #: (``recipes/librispeech/train.py``), which then load and pass the word times.
     needs_unit_word_ids: bool = False
+    #: What one output vector stands for: ``"token"`` (one per text token),
+    #: ``"word"`` or ``"frame"``; it is the ``level`` of every ``AggregatorOutput``
+    #: the aggregator returns (``tests/test_aggregator.py`` checks the contract) and
+    #: what ``TasteTokenizer.info()`` reports. Aggregators whose level depends on an
+    #: option (``word_pooling``) override it with a property.
+    output_level: str = "token"
 
     @property
     @abc.abstractmethod

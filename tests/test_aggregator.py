@@ -50,7 +50,7 @@ def test_word_pooling_mean_gives_one_vector_per_word():
     agg = make()
     tokens, lens, wids = text(WORDS)
     out = agg(tokens, lens, wids, encoder_out([20, 13]))
-    assert out.level == "word"
+    assert out.level == agg.output_level == "word"
     assert out.embeddings.shape == (2, 3, D)
     assert out.lengths.tolist() == [3, 3]
     assert agg.output_dim == D
@@ -65,7 +65,7 @@ def test_word_pooling_none_gives_one_vector_per_token():
     agg = make(word_pooling="none")
     tokens, lens, wids = text(WORDS)
     out = agg(tokens, lens, wids, encoder_out([20, 13]))
-    assert out.level == "token"
+    assert out.level == agg.output_level == "token"
     assert out.embeddings.shape == (2, 6, D)
     assert out.lengths.tolist() == [6, 4]
     assert out.embeddings[1, 4:].abs().sum() == 0  # padded tokens zeroed
@@ -265,7 +265,7 @@ def test_frames_aggregator_passes_tap_through(tap):
     enc = encoder_out([20, 13])
     tokens, lens, wids = text(WORDS)
     out = agg(tokens, lens, wids, enc)
-    assert out.level == "frame"
+    assert out.level == agg.output_level == "frame"
     assert out.embeddings is (enc.values if tap == "values" else enc.keys)
     assert torch.equal(out.lengths, enc.lengths)
     with pytest.raises(ConfigError, match="tap"):
@@ -305,7 +305,8 @@ def test_oracle_spans_pools_each_words_frames():
     tokens, lengths, word_ids = text([[0, 0, 1, 2], [0, 1]], pad_to=4)
     unit_words = torch.tensor([[0, 1, 1, 2, 9], [0, 0, 1, 0, 0]])  # row 1: 3 units, then padding
     out = agg(tokens, lengths, word_ids, enc, unit_word_ids=unit_words)
-    assert out.level == "word" and out.lengths.tolist() == [3, 2] and out.embeddings.shape == (2, 3, DV + 1)
+    assert out.level == agg.output_level == "word"
+    assert out.lengths.tolist() == [3, 2] and out.embeddings.shape == (2, 3, DV + 1)
     v = enc.values
     torch.testing.assert_close(out.embeddings[0, 0, :DV], v[0, 0:2].mean(0))
     torch.testing.assert_close(out.embeddings[0, 1, :DV], v[0, 2:6].mean(0))
@@ -332,7 +333,8 @@ def test_aligned_spans_pools_contiguous_dtw_spans_and_batches_like_alone():
     enc = encoder_out([40, 25], garbage=True)
     tokens, lengths, word_ids = text([[0, 0, 1, 2, 3], [0, 1, 1]], pad_to=6)
     out = agg(tokens, lengths, word_ids, enc, need_weights=True)
-    assert out.level == "word" and out.lengths.tolist() == [4, 2] and out.embeddings.shape == (2, 4, DV + 1)
+    assert out.level == agg.output_level == "word"
+    assert out.lengths.tolist() == [4, 2] and out.embeddings.shape == (2, 4, DV + 1)
     assert out.alignment.shape == (2, 6, 40)
     v = enc.values
     for i, (n_words, t) in enumerate([(4, 40), (2, 25)]):
@@ -387,3 +389,18 @@ def test_aligned_spans_memoizes_spans_by_content(monkeypatch):
     agg(tokens, lengths, word_ids, other)
     assert len(calls) == 2
     assert agg(tokens, lengths, word_ids, enc, need_weights=True).attention is not None and len(calls) == 3
+
+
+def test_every_aggregator_declares_its_output_level():
+    """``output_level`` is part of the contract (TasteTokenizer.info() reports it, no attribute sniffing)."""
+    from taste_toolkit.interfaces import Aggregator
+    from taste_toolkit.registry import available, get
+
+    for name in available("aggregator"):
+        cls = get("aggregator", name)
+        assert issubclass(cls, Aggregator)
+        level = cls.output_level
+        if isinstance(level, property):  # set by an option (word_pooling): checked by the forward tests above
+            continue
+        assert level in ("token", "word", "frame"), (name, level)
+    assert make().output_level == "word" and make(word_pooling="none").output_level == "token"

@@ -62,6 +62,8 @@ def test_save_load_round_trip(tokenizer, saved):
     assert loaded.fingerprint == tokenizer.fingerprint
     assert loaded.info()["plugins"] == tokenizer.info()["plugins"]
     assert loaded.info()["alignment"] == "text"  # one speech token per word (LM-SPT says "frame")
+    # info() reports the level the tokens have (the aggregator's declared output_level)
+    assert loaded.info()["speech_token_level"] == loaded.encode(_wav(1.0, 2), SR, TEXTS[0]).level == "word"
     wav = _wav(1.7, 3)
     a, b = tokenizer.encode(wav, SR, TEXTS[0]), loaded.encode(wav, SR, TEXTS[0])
     assert torch.equal(a.codes, b.codes)

@@ -30,7 +30,7 @@ def test_downsampler_rates_and_shapes(stride, rate):
     enc = frames([400, 333, 7])  # 8 s, 6.66 s and 0.14 s at 50 Hz
     out = agg(None, None, None, enc)
     expected = [-(-n // stride) for n in (400, 333, 7)]  # ceil(T / stride)
-    assert out.level == "frame" and out.embeddings.shape == (3, expected[0], 16)
+    assert out.level == agg.output_level == "frame" and out.embeddings.shape == (3, expected[0], 16)
     assert out.lengths.tolist() == expected
     assert agg.frame_rate(50.0) == rate
     assert out.lengths[0] / 8.0 == rate  # tokens per second of the 8-s utterance

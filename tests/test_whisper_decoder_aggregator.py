@@ -42,13 +42,13 @@ def test_broadcast_gives_every_subword_its_word_mean():
     per_token = agg(tokens, lengths, words, enc).embeddings
     agg.word_pooling = "broadcast"
     out = agg(tokens, lengths, words, enc)
-    assert out.level == "token" and out.embeddings.shape == (1, 4, 16)
+    assert out.level == agg.output_level == "token" and out.embeddings.shape == (1, 4, 16)
     torch.testing.assert_close(out.embeddings[0, 0], per_token[0, :2].mean(0))
     torch.testing.assert_close(out.embeddings[0, 1], per_token[0, :2].mean(0))
     torch.testing.assert_close(out.embeddings[0, 2:], per_token[0, 2:])
     agg.word_pooling = "mean"
     words_out = agg(tokens, lengths, words, enc)
-    assert words_out.level == "word" and words_out.lengths.tolist() == [3]
+    assert words_out.level == agg.output_level == "word" and words_out.lengths.tolist() == [3]
 
 
 def test_padding_invariance_and_zeros_at_padding():

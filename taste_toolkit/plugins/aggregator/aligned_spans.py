@@ -63,6 +63,8 @@ class AlignedSpansAggregator(Aggregator):
         word's duration survives quantization.
     """
 
+    output_level = "word"
+
     def __init__(self, vocab_size: int, key_dim: int, value_dim: int, init_from_whisper: str = "",
                  num_layers: int = 4, num_heads: int = 6, ffn_dim: int = 1536, max_positions: int = 448,
                  alignment_heads: list = (), medfilt_width: int = 7, add_log_duration: bool = True,

@@ -405,6 +405,11 @@ class CrossAttentionAggregator(Aggregator):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
+    def output_level(self):
+        """``"word"`` with ``word_pooling: mean``, else ``"token"``."""
+        return "word" if self.word_pooling == "mean" else "token"
+
+    @property
     def output_dim(self):
         width = self.value_dim if self.readout == "attended_values" else self.d_model
         return width + int(self.log_width_scale > 0)

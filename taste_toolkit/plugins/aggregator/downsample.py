@@ -64,6 +64,8 @@ class DownsampleAggregator(Aggregator):
     (torch.Size([2, 13, 16]), [13, 6], 'frame')
     """
 
+    output_level = "frame"
+
     def __init__(
         self,
         key_dim: int,

@@ -22,6 +22,8 @@ class FramesAggregator(Aggregator):
         ``"values"`` (shallow layer) or ``"keys"`` (last layer).
     """
 
+    output_level = "frame"
+
     def __init__(self, key_dim: int, value_dim: int, tap: str = "values"):
         super().__init__()
         if tap not in ("values", "keys"):

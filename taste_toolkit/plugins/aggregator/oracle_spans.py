@@ -34,6 +34,8 @@ class OracleSpansAggregator(Aggregator):
         Append the word's log duration in seconds (one extra dimension).
     """
 
+    output_level = "word"
+
     #: The model passes ``unit_word_ids`` (the word of every unit) to ``forward``.
     needs_unit_word_ids = True
 

@@ -179,6 +179,11 @@ class WhisperDecoderAggregator(Aggregator):
                     layer.encoder_attn.v_proj.bias.zero_()
 
     @property
+    def output_level(self):
+        """``"word"`` with ``word_pooling: mean``; ``"token"`` otherwise (``broadcast`` repeats the word's vector)."""
+        return "word" if self.word_pooling == "mean" else "token"
+
+    @property
     def output_dim(self):
         return self.d_model
 
