@@ -335,6 +335,13 @@ def test_tokenizer_feeds_the_source_speaker_to_the_vocoder(extractor, tiny_taste
     units = out.units[0]
     expected = voc(units[None], torch.tensor([units.numel()]), speaker=tokens.speaker[None])[0][0]
     assert torch.equal(out.waveforms[0], expected)
+    # the folder keeps the pairing: the decoder without a speaker prefix, the vocoder with the voice
+    tok.save_pretrained(tmp_path / "tok")
+    loaded = TasteTokenizer.from_pretrained(tmp_path / "tok")
+    assert loaded.vocoder.speaker_dim == speaker.embedding_dim and loaded.model.decoder.speaker_dim == 0
+    again = loaded.encode(wav, SR, "the cat")
+    torch.testing.assert_close(again.speaker, tokens.speaker)
+    assert torch.equal(loaded.decode(again, max_len_ratio=2.0).units[0], units)
     with pytest.raises(InputError, match="speaker vector"):
         tok.decode(type(tokens)(**{**tokens.__dict__, "speaker": None}))
     with pytest.raises(ConfigError, match="speaker plugin gives none"):

@@ -106,7 +106,9 @@ class TasteModel(nn.Module):
             fail(f"quantizer input_dim={self.quantizer.input_dim} but the aggregator outputs {speech_dim}.")
         if dec.speech_dim != speech_dim:
             fail(f"decoder speech_dim={dec.speech_dim} but the aggregator outputs {speech_dim} (0 = text only).")
-        if speaker is not None and dec.speaker_dim != speaker.embedding_dim:
+        # A decoder without a speaker prefix (speaker_dim 0) may sit beside a speaker plugin
+        # that serves the vocoder alone (decoder_speaker_dim: 0).
+        if speaker is not None and dec.speaker_dim and dec.speaker_dim != speaker.embedding_dim:
             fail(f"decoder speaker_dim={dec.speaker_dim} but the speaker plugin gives {speaker.embedding_dim}.")
         if text_tokenizer is not None:
             vocab = text_tokenizer.vocab_size
