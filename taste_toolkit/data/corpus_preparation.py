@@ -25,17 +25,20 @@ def prepare_corpus(hparams):
         The recipe's hyperparameters. Read: ``data_folder`` (empty: synthesize
         the embedded corpus into ``corpus_folder`` with ``corpus_options``),
         ``train_splits``, ``dev_splits``, ``test_splits``, ``prep_folder``,
-        ``max_duration`` and ``skip_prep``.
+        ``max_duration`` and ``skip_prep``; optional ``extra_train_manifests``
+        (more SpeechBrain CSVs for training) and ``real_voice_split`` (true: add
+        the Asterisk prompts outside the real-speech evaluation set, a real
+        recorded voice, :func:`taste_toolkit.data.asterisk.prepare_asterisk_split`).
 
     Returns
     -------
     manifests : dict
         ``{split: csv path}`` for every split, plus the merged training split
-        (``"a+b+c"``) when ``train_splits`` names several.
+        (``"a+b+c"``) when ``train_splits`` names several or extra training
+        manifests are given (then ``"train+extra"``).
     train : str
         Name of the training split in ``manifests``.
     """
-    import speechbrain as sb
     from speechbrain.utils.distributed import run_on_main
 
     from taste_toolkit.data.librispeech import prepare_librispeech
@@ -59,17 +62,65 @@ def prepare_corpus(hparams):
         ),
     )
     manifests = {s: os.path.join(save, f"{s}.csv") for s in splits}
-    if len(hparams["train_splits"]) > 1:  # e.g. LibriSpeech 960 h = three training splits
-        merged = "+".join(hparams["train_splits"])
+    extra = _extra_train_manifests(hparams)
+    if len(hparams["train_splits"]) > 1 or extra:  # e.g. LibriSpeech 960 h = three training splits
+        merged = "+".join(hparams["train_splits"] + (["extra"] if extra else []))
         run_on_main(
-            sb.dataio.dataio.merge_csvs,
-            kwargs=dict(data_folder=save, csv_lst=[f"{s}.csv" for s in hparams["train_splits"]], merged_csv=f"{merged}.csv"),
+            _merge_manifests,
+            kwargs=dict(paths=[manifests[s] for s in hparams["train_splits"]] + extra,
+                        merged=os.path.join(save, f"{merged}.csv")),
         )
         manifests[merged] = os.path.join(save, f"{merged}.csv")
         train = merged
     else:
         train = hparams["train_splits"][0]
     return manifests, train
+
+
+def _extra_train_manifests(hparams):
+    """The CSVs added to the training split: ``extra_train_manifests`` and the real-voice split."""
+    from speechbrain.utils.distributed import run_on_main
+
+    extra = [str(p) for p in hparams.get("extra_train_manifests") or []]
+    for path in extra:
+        if not os.path.isfile(path):
+            from taste_toolkit.errors import DataPreparationError
+
+            raise DataPreparationError(f"extra_train_manifests: {path!r} does not exist; write it first "
+                                       "(a SpeechBrain CSV with ID, duration, wav, spk_id, wrd).")
+    if hparams.get("real_voice_split"):
+        from taste_toolkit.data.asterisk import prepare_asterisk_split
+
+        extra.append(run_on_main(prepare_asterisk_split, args=[os.path.join(hparams["prep_folder"], "real_voice")]))
+    return extra
+
+
+def _merge_manifests(paths, merged):
+    """Concatenate SpeechBrain CSVs (same header) into ``merged``; a duplicate ID is an error."""
+    import csv
+
+    from taste_toolkit.errors import DataPreparationError
+
+    header, rows, seen = None, [], {}
+    for path in paths:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            head = next(reader)
+            if header is None:
+                header = head
+            elif head != header:
+                raise DataPreparationError(f"Cannot merge {path!r}: columns {head} differ from {header}.")
+            for row in reader:
+                if row[0] in seen:
+                    raise DataPreparationError(f"Utterance ID {row[0]!r} is in both {seen[row[0]]!r} and {path!r}.")
+                seen[row[0]] = path
+                rows.append(row)
+    tmp = merged + ".tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(tmp, merged)
 
 
 def fit_text_tokenizer(hparams, manifests, train):
