@@ -45,7 +45,27 @@ def score(name, s, **options):
 
 def test_every_builtin_metric_is_registered():
     assert {"token_rate", "unit_accuracy", "codebook_usage", "mcd", "log_mel_distance", "f0", "duration_consistency",
-            "duration_ratio", "wer", "speaker_similarity", "dnsmos", "utmos"} <= set(available("metric"))
+            "duration_ratio", "wer", "speaker_similarity", "dnsmos", "utmos", "decode_stops"} <= set(available("metric"))
+
+
+def test_decode_stops_counts_capped_decodes_and_out_of_range_lengths():
+    from taste_toolkit.errors import ConfigError
+
+    metric = build("metric", "decode_stops", {}, language="en")
+    ref = np.zeros(1000, np.float32)
+    rows = [metric.score(Sample("a", "taste", ref, np.zeros(n, np.float32), SR, extras=extras))
+            for n, extras in [(1000, {"hit_max_len": 0}), (1500, {"hit_max_len": 0}), (3000, {"hit_max_len": 1}),
+                              (700, {"hit_max_len": 0})]]
+    assert [r["eos_reached"] for r in rows] == [1.0, 1.0, 0.0, 1.0]
+    assert [r["duration_in_range"] for r in rows] == [1.0, 0.0, 0.0, 1.0]  # 1.5x and 3x are out, 0.7x is in
+    assert metric.summarize(rows) == {"eos_reached": 0.75, "duration_in_range": 0.5}
+    source = metric.score(Sample("a", "original", ref, ref, SR))  # no decoder: no EOS to report
+    assert math.isnan(source["eos_reached"]) and source["duration_in_range"] == 1.0
+    assert math.isnan(metric.summarize([source])["eos_reached"])
+    narrow = build("metric", "decode_stops", {"low": 0.9, "high": 1.1}, language="en")
+    assert narrow.score(Sample("a", "t", ref, np.zeros(1200, np.float32), SR))["duration_in_range"] == 0.0
+    with pytest.raises(ConfigError, match="low <= high"):
+        build("metric", "decode_stops", {"low": 1.5, "high": 1.0}, language="en")
 
 
 def test_identical_signals_mcd_and_log_mel_zero_noise_positive():

@@ -68,6 +68,7 @@ def test_train_runs_on_the_embedded_spanish_corpus(tmp_path):
         "--number_of_epochs=1", "--num_units=16", "--codebook_size=16", "--probe_train_utterances=8",
         "--decoder_options={unit_transformer: {d_model: 32, num_layers: 1, ffn_dim: 64, dropout: 0.1}}",
         "--dynamic_batch_sampler_train={max_batch_length: 12, num_buckets: 2, shuffle: True, batch_ordering: random}",
+        "--unit_vocoder_training={steps: 3, batch_size: 2, crop_units: 8}",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))

@@ -40,6 +40,7 @@ def run_recipe(yaml_file, corpus, prep, out, *extra):
         "--num_units=16", "--codebook_size=16",
         "--decoder_options={unit_transformer: {d_model: 32, num_layers: 1, ffn_dim: 64, dropout: 0.1}}",
         "--dynamic_batch_sampler_train={max_batch_length: 12, num_buckets: 2, shuffle: True, batch_ordering: random}",
+        "--unit_vocoder_training={steps: 3, batch_size: 2, crop_units: 8}",  # a trained vocoder is exported
         *extra,
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -48,11 +48,6 @@ def run_stage(hparams, run_opts, encoder_cache=None):
     )
     units = {s: load_units(p) for s, p in unit_files.items()}
     speakers = compute_speaker_vectors(hparams["speaker"], splits, os.path.join(hparams["prep_folder"], "speaker"))
-    vocoder_blocks = dict(hparams.get("vocoder_options") or {})
-    if hparams.get("vocoder_name") == "unit_to_spec" and not (vocoder_blocks.get("unit_to_spec") or {}).get("checkpoint"):
-        # The exported vocoder is trained on the training split's units once, cached by their fingerprint.
-        vocoder_blocks["unit_to_spec"] = fit_recipe_vocoder(hparams, splits[train], unit_files[train], speakers)
-        hparams["vocoder_options"] = vocoder_blocks
     word_starts = None
     if any(hparams[m].needs_unit_word_ids for m in ("decoder", "aggregator")):
         from taste_toolkit.data.word_alignment import split_word_starts
@@ -61,7 +56,8 @@ def run_stage(hparams, run_opts, encoder_cache=None):
         data_folder = hparams["data_folder"] or hparams["corpus_folder"]
         word_starts = split_word_starts(data_folder, list(splits))
     datasets = build_datasets(
-        splits, text_tokenizer, units, speakers, hparams["sample_rate"],
+        # the speaker vectors go to the decoder only if it takes them (they may serve the vocoder alone)
+        splits, text_tokenizer, units, speakers if hparams["decoder"].speaker_dim else None, hparams["sample_rate"],
         unit_word_starts=word_starts, unit_frame_rate=hparams["units"].frame_rate,
     )
 
@@ -90,6 +86,13 @@ def run_stage(hparams, run_opts, encoder_cache=None):
     for split in hparams["test_splits"]:
         brain.evaluate(datasets[split], min_key="loss", test_loader_kwargs=hparams["test_dataloader_opts"])
         results[split] = brain.test_stats
+    vocoder_blocks = dict(hparams.get("vocoder_options") or {})
+    if hparams.get("export_folder") and hparams.get("vocoder_name") == "unit_to_spec" \
+            and not (vocoder_blocks.get("unit_to_spec") or {}).get("checkpoint"):
+        # Only an export needs it: trained on the training split's units once (every rank
+        # waits for the main one), cached by their fingerprint and reused by later runs.
+        vocoder_blocks["unit_to_spec"] = fit_recipe_vocoder(hparams, splits[train], unit_files[train], speakers)
+        hparams["vocoder_options"] = vocoder_blocks
     if if_main_process():
         # The best checkpoint is loaded (evaluate used min_key="loss"): ship it.
         if hparams.get("export_folder"):

@@ -11,6 +11,11 @@ JSON with the WER of:
   ``griffin_lim`` vocoder's inversion without the unit table);
 * ``griffin_lim_units``: the current default vocoder from ground-truth units;
 * ``unit_to_spec_units``: the trained ``unit_to_spec`` vocoder from ground-truth units;
+* ``gl_true_linear``: Griffin-Lim (64 iterations) from the TRUE linear magnitude (n_fft 512,
+  hop 160), the ceiling of every Griffin-Lim vocoder here; ``gl_true_envelope``: the same
+  from the cepstrally smoothed magnitude (30 coefficients: the envelope without the
+  harmonics, what a regression that cannot know the pitch can predict at best);
+  ``gl_true_blur5``: from the magnitude averaged over 5 frames (50 ms, timing smeared);
 
 also (S + D) / N and the median utterance WER (Whisper's repetition loops on
 garbled audio inflate the corpus WER through insertions), plus each vocoder's
@@ -73,6 +78,26 @@ def gl_from_true_mel(vocoder, wav):
     )  # fmt: skip
 
 
+def gl_from_true_linear(wav, variant="linear", n_fft=512, hop=160, n_iter=64):
+    """Griffin-Lim of a waveform's own linear magnitude, or of a degraded copy of it.
+
+    ``variant``: ``linear`` (as is), ``envelope`` (cepstral lifter keeping 30
+    coefficients: no harmonics) or ``blur5`` (moving average over 5 frames).
+    """
+    import torchaudio
+
+    window = torch.hann_window(n_fft)
+    mag = torch.stft(wav, n_fft, hop, n_fft, window, return_complex=True).abs()  # (F, T)
+    if variant == "envelope":
+        cep = torch.fft.irfft(mag.clamp(min=1e-5).log().T, dim=-1)  # (T, 2 (F - 1))
+        cep[:, 30:-29] = 0
+        mag = torch.fft.rfft(cep, dim=-1).real.T.exp()
+    elif variant == "blur5":
+        mag = torch.nn.functional.avg_pool1d(mag[None], 5, 1, 2, count_include_pad=False)[0]
+    torch.manual_seed(0)
+    return torchaudio.functional.griffinlim(mag, window, n_fft, hop, n_fft, 1.0, n_iter, 0.99, wav.numel(), True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prep_folder", default="results/prepared")
@@ -104,6 +129,10 @@ def main(argv=None):
     units_dir = os.path.join(args.prep_folder, "units")
     extractor = load_fitted_extractor(units_dir)
     conditions = [c for c in args.conditions.split(",") if c]
+    known = {"original", "gl_true_mel", "griffin_lim_units", "unit_to_spec_units", "gl_true_linear",
+             "gl_true_envelope", "gl_true_blur5"}
+    if set(conditions) - known:
+        sys.exit(f"Unknown conditions {sorted(set(conditions) - known)}; choose from {sorted(known)}.")
     result = {"prep_folder": os.path.abspath(args.prep_folder), "threads": args.threads, "wer": {}, "rtf": {}}
     vocoders = {}
     if "griffin_lim_units" in conditions or "gl_true_mel" in conditions:
@@ -155,6 +184,8 @@ def main(argv=None):
                 out = wav
             elif name == "gl_true_mel":
                 out = gl_from_true_mel(vocoders["griffin_lim_units"], wav)
+            elif name.startswith("gl_true_"):
+                out = gl_from_true_linear(wav, name[len("gl_true_"):])
             elif getattr(vocoders[name], "speaker_dim", 0):
                 spk = speakers[row["ID"]][None]
                 out = vocoders[name](units[None], torch.tensor([units.numel()]), speaker=spk)[0][0]
