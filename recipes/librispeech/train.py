@@ -47,7 +47,9 @@ def run_stage(hparams, run_opts, encoder_cache=None):
         kwargs=dict(extractor=hparams["units"], manifests=splits, cache_dir=os.path.join(hparams["prep_folder"], "units"), fit_split=train),
     )
     units = {s: load_units(p) for s, p in unit_files.items()}
-    speakers = compute_speaker_vectors(hparams["speaker"], splits, os.path.join(hparams["prep_folder"], "speaker"))
+    # Computed (and cached) once by the main process; every rank receives them.
+    speakers = run_on_main(compute_speaker_vectors, args=[hparams["speaker"], splits,
+                                                          os.path.join(hparams["prep_folder"], "speaker")])
     word_starts = None
     if any(hparams[m].needs_unit_word_ids for m in ("decoder", "aggregator")):
         from taste_toolkit.data.word_alignment import split_word_starts
