@@ -232,3 +232,18 @@ def test_decode_reports_which_decodes_hit_the_length_cap(tokenizer, monkeypatch)
     monkeypatch.setattr(decoder, "generate", no_eos)
     capped = tokenizer.decode(tokens, max_len_ratio=3.0)
     assert capped.capped == [True] and capped.units[0].numel() == 3 * tokens.text_ids.numel()
+
+
+@pytest.mark.parametrize("case", ["silence", "single_word", "thirty_seconds"])
+def test_hostile_audio_decodes_to_a_bounded_output(tokenizer, case):
+    """Silence, one word and 30 s of audio: the decode stops by the cap at the latest, and says so."""
+    audio, text = {
+        "silence": (np.zeros(SR, dtype=np.float32), "the cat"),
+        "single_word": (_wav(0.4, 2), "hello"),
+        "thirty_seconds": (_wav(30.0, 4), TEXTS[0] + " " + TEXTS[1]),
+    }[case]
+    tokens = tokenizer.encode(audio, SR, text)
+    out = tokenizer.decode(tokens, max_len_ratio=4.0)
+    cap = 4 * tokens.text_ids.numel()
+    assert 0 < out.units[0].numel() <= cap
+    assert out.capped == [out.units[0].numel() >= cap]  # reported in the result, not only logged
