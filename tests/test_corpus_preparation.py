@@ -33,6 +33,9 @@ def test_merge_keeps_order_and_refuses_duplicates_and_other_columns(tmp_path):
     c = _write(tmp_path / "c.csv", [["r2", "1.0", "/y/2.wav", "r"]], header=HEADER[:4])
     with pytest.raises(DataPreparationError, match="columns"):
         _merge_manifests([a, c], str(tmp_path / "m3.csv"))
+    long = _write(tmp_path / "long.csv", [["r3", "31.0", "/y/3.wav", "r", "LONG"], ["r4", "3.0", "/y/4.wav", "r", "OK"]])
+    _merge_manifests([a, long], str(tmp_path / "m4.csv"), max_duration=30.0)  # the Whisper window
+    assert _ids(tmp_path / "m4.csv") == ["u1", "u2", "r4"]
 
 
 def test_extra_train_manifests_join_the_training_split(tmp_path):

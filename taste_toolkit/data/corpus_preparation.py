@@ -68,7 +68,7 @@ def prepare_corpus(hparams):
         run_on_main(
             _merge_manifests,
             kwargs=dict(paths=[manifests[s] for s in hparams["train_splits"]] + extra,
-                        merged=os.path.join(save, f"{merged}.csv")),
+                        merged=os.path.join(save, f"{merged}.csv"), max_duration=hparams["max_duration"]),
         )
         manifests[merged] = os.path.join(save, f"{merged}.csv")
         train = merged
@@ -95,13 +95,19 @@ def _extra_train_manifests(hparams):
     return extra
 
 
-def _merge_manifests(paths, merged):
-    """Concatenate SpeechBrain CSVs (same header) into ``merged``; a duplicate ID is an error."""
+def _merge_manifests(paths, merged, max_duration=None):
+    """Concatenate SpeechBrain CSVs (same header) into ``merged``; a duplicate ID is an error.
+
+    Rows longer than ``max_duration`` seconds (the Whisper window) are left out and
+    counted in the log, as the corpus preparation excludes them from its own splits.
+    """
     import csv
+    import logging
 
     from taste_toolkit.errors import DataPreparationError
 
     header, rows, seen = None, [], {}
+    too_long = {}
     for path in paths:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
@@ -114,7 +120,15 @@ def _merge_manifests(paths, merged):
                 if row[0] in seen:
                     raise DataPreparationError(f"Utterance ID {row[0]!r} is in both {seen[row[0]]!r} and {path!r}.")
                 seen[row[0]] = path
+                if max_duration is not None and "duration" in header and \
+                        float(row[header.index("duration")]) > max_duration:
+                    too_long.setdefault(path, []).append(row[0])
+                    continue
                 rows.append(row)
+    for path, ids in too_long.items():
+        logging.getLogger(__name__).warning(
+            "Left %d utterance(s) of %s out of the training split: longer than max_duration=%s s (e.g. %s).",
+            len(ids), path, max_duration, ids[0])
     tmp = merged + ".tmp"
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
