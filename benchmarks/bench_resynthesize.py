@@ -99,7 +99,10 @@ def build_tokenizer(folder, audio_clips, quick=False, log=print):
     from taste_toolkit.hparams_loader import load_hparams
     from taste_toolkit.training.export import build_vocoder
 
-    overrides = {"output_folder": os.path.join(folder, "exp")}
+    # The setup its measurements were made with (mel k-means units, untrained Griffin-Lim
+    # vocoder, no speaker vector); the default unit_to_spec vocoder would need a training run.
+    overrides = {"output_folder": os.path.join(folder, "exp"), "units_name": "mel_kmeans",
+                 "vocoder_name": "griffin_lim", "speaker_name": "none"}
     if quick:
         overrides.update(QUICK_OVERRIDES)
     cwd = os.getcwd()
