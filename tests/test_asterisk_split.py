@@ -18,7 +18,7 @@ needs_prompts = pytest.mark.skipif(
 @needs_prompts
 def test_split_leaves_out_the_evaluation_prompts(tmp_path):
     held = asterisk.evaluation_ids(20)
-    assert len(held) == 20
+    assert len(held) == 20 and asterisk.evaluation_ids(0) == []
     # the evaluation set's own reader takes exactly these prompts
     assert [p[0] for p in asterisk.asterisk_prompts(20)] == held
     path = asterisk.prepare_asterisk_split(str(tmp_path / "ast"), held_out=20, limit=12)

@@ -57,6 +57,26 @@ def _decode_g722(path):
     return wav
 
 
+def _select(limit, min_words, prompt_dir, text_file, exclude=()):
+    """``[(id, path, text)]`` of the prompts in name order: audio present, >= ``min_words`` words."""
+    if not (os.path.isdir(prompt_dir) and os.path.isfile(text_file)):
+        raise MissingResourceError(
+            f"Asterisk prompts not found ({prompt_dir}, {text_file}): "
+            "apt-get install asterisk-core-sounds-en asterisk-core-sounds-en-g722 (scripts/install.sh does).")
+    exclude = set(exclude)
+    texts = _transcripts(text_file)
+    out = []
+    for name in sorted(texts):
+        if limit is not None and len(out) >= limit:
+            break
+        path = os.path.join(prompt_dir, f"{name}.g722")
+        utt_id = f"asterisk-{name}"
+        if utt_id in exclude or not os.path.isfile(path) or len(re.findall(r"[A-Za-z']+", texts[name])) < min_words:
+            continue
+        out.append((utt_id, path, texts[name]))
+    return out
+
+
 def asterisk_prompts(limit=None, min_words=EVAL_MIN_WORDS, prompt_dir=ASTERISK_DIR, text_file=ASTERISK_TEXT,
                      exclude=()):
     """``[(id, waveform (N,) float32, 16000, text)]`` in name order.
@@ -72,35 +92,13 @@ def asterisk_prompts(limit=None, min_words=EVAL_MIN_WORDS, prompt_dir=ASTERISK_D
     exclude : iterable of str
         Prompt ids (``asterisk-<name>``) to leave out.
     """
-    if not (os.path.isdir(prompt_dir) and os.path.isfile(text_file)):
-        raise MissingResourceError(
-            f"Asterisk prompts not found ({prompt_dir}, {text_file}): "
-            "apt-get install asterisk-core-sounds-en asterisk-core-sounds-en-g722 (scripts/install.sh does).")
-    exclude = set(exclude)
-    texts = _transcripts(text_file)
-    out = []
-    for name in sorted(texts):
-        path = os.path.join(prompt_dir, f"{name}.g722")
-        utt_id = f"asterisk-{name}"
-        if utt_id in exclude or not os.path.isfile(path) or len(re.findall(r"[A-Za-z']+", texts[name])) < min_words:
-            continue
-        out.append((utt_id, _decode_g722(path), 16000, texts[name]))
-        if limit is not None and len(out) >= limit:
-            break
-    return out
+    return [(utt_id, _decode_g722(path), 16000, text)
+            for utt_id, path, text in _select(limit, min_words, prompt_dir, text_file, exclude)]
 
 
 def evaluation_ids(held_out, prompt_dir=ASTERISK_DIR, text_file=ASTERISK_TEXT):
     """Ids of the prompts the real-speech evaluation set takes (the first ``held_out`` with >= 4 words)."""
-    texts = _transcripts(text_file)
-    ids = []
-    for name in sorted(texts):
-        if len(ids) >= held_out:
-            break
-        if os.path.isfile(os.path.join(prompt_dir, f"{name}.g722")) and \
-                len(re.findall(r"[A-Za-z']+", texts[name])) >= EVAL_MIN_WORDS:
-            ids.append(f"asterisk-{name}")
-    return ids
+    return [utt_id for utt_id, _, _ in _select(held_out, EVAL_MIN_WORDS, prompt_dir, text_file)]
 
 
 def _normalize(text):
