@@ -344,13 +344,11 @@ class TokenizerBase:
         if not rows:
             return []
         batch, lengths = pad_rows([self._vocoder_input(r) for r in rows], 0)
-        if getattr(self.vocoder, "speaker_dim", 0):
-            if speaker is None:
-                raise InputError("This vocoder is conditioned on speaker vectors: pass speaker=(B, D) from the "
-                                 "tokenizer's speaker plugin (decode does it from the tokens).")
-            wavs, wav_lengths = self.vocoder(batch.to(self.device), lengths.to(self.device), speaker=speaker.to(self.device))
+        args = (batch.to(self.device), lengths.to(self.device))
+        if getattr(self.vocoder, "speaker_dim", 0):  # the vocoder checks the vectors (and their absence) itself
+            wavs, wav_lengths = self.vocoder(*args, speaker=None if speaker is None else speaker.to(self.device))
         else:
-            wavs, wav_lengths = self.vocoder(batch.to(self.device), lengths.to(self.device))
+            wavs, wav_lengths = self.vocoder(*args)
         return [wavs[i, : int(wav_lengths[i])].cpu() for i in range(len(rows))]
 
     def _audio(self, rows, speaker=None):

@@ -344,6 +344,9 @@ def test_tokenizer_feeds_the_source_speaker_to_the_vocoder(extractor, tiny_taste
     assert torch.equal(loaded.decode(again, max_len_ratio=2.0).units[0], units)
     with pytest.raises(InputError, match="speaker vector"):
         tok.decode(type(tokens)(**{**tokens.__dict__, "speaker": None}))
+    with pytest.raises(InputError, match="speaker vectors"):  # vocode without the voice: the vocoder says so
+        tok.vocode([units])
+    assert torch.equal(tok.vocode([units], tokens.speaker[None])[0], expected)
     with pytest.raises(ConfigError, match="speaker plugin gives none"):
         TasteTokenizer(model, text_tok, units=extractor, vocoder=voc)
     wrong = UnitToSpecVocoder(num_units=4, units_fingerprint=extractor_fingerprint(extractor), speaker_dim=3, **SMALL)
