@@ -23,6 +23,7 @@ import sys
 import speechbrain as sb
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
+from taste_toolkit.errors import ConfigError
 from taste_toolkit.hparams_loader import load_hparams, setup_experiment
 from taste_toolkit.data.corpus_preparation import fit_text_tokenizer, prepare_corpus
 from taste_toolkit.data.unit_cache import load_units, prepare_units
@@ -52,11 +53,9 @@ def run_stage(hparams, run_opts, encoder_cache=None):
                                                           os.path.join(hparams["prep_folder"], "speaker")])
     word_starts = None
     if any(hparams[m].needs_unit_word_ids for m in ("decoder", "aggregator")):
-        from taste_toolkit.data.word_alignment import split_word_starts
-
-        # The decoder (or the oracle aggregator) uses the word of every unit: read the corpus' word times.
-        data_folder = hparams["data_folder"] or hparams["corpus_folder"]
-        word_starts = split_word_starts(data_folder, list(splits))
+        # The decoder (or the oracle aggregator) uses the word of every unit: the corpus' word
+        # times (metadata.jsonl), or a forced alignment by the frozen Whisper aligner.
+        word_starts = load_word_starts(hparams, splits, text_tokenizer)
     datasets = build_datasets(
         # the speaker vectors go to the decoder only if it takes them (they may serve the vocoder alone)
         splits, text_tokenizer, units, speakers if hparams["decoder"].speaker_dim else None, hparams["sample_rate"],
@@ -106,6 +105,24 @@ def run_stage(hparams, run_opts, encoder_cache=None):
         for split, stats in results.items():
             print(f"[{split}] " + "  ".join(f"{k}={v}" for k, v in stats.items() if not k.startswith("rvq_usage")))
     return results, getattr(brain, "_enc_cache", None)
+
+
+def load_word_starts(hparams, splits, text_tokenizer):
+    """``{split: {ID: word start seconds}}`` from ``word_times``: ``metadata`` or ``aligner``."""
+    source = hparams.get("word_times", "metadata")
+    if source == "metadata":
+        from taste_toolkit.data.word_alignment import split_word_starts
+
+        return split_word_starts(hparams["data_folder"] or hparams["corpus_folder"], list(splits))
+    if source == "aligner":
+        from taste_toolkit.data.aligned_word_times import split_aligned_word_starts
+
+        return run_on_main(split_aligned_word_starts, kwargs=dict(
+            manifests=splits, text_tokenizer=text_tokenizer, encoder=hparams["encoder"],
+            whisper_source=hparams["whisper_source"], vocab_size=hparams["text_vocab_size"],
+            cache_dir=os.path.join(hparams["prep_folder"], "word_times"), sample_rate=hparams["sample_rate"]))
+    raise ConfigError(f"word_times must be 'metadata' (the corpus' metadata.jsonl) or 'aligner' "
+                     f"(forced alignment with the frozen Whisper), got {source!r}.")
 
 
 def add_token_measurements(hparams, results):
