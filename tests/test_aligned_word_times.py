@@ -81,3 +81,24 @@ def test_result_is_cached_and_follows_the_transcripts(aligned, monkeypatch):
                                   whisper_source="builtin:tiny.en", progress=False)
     uid = lines[1].split(",")[0]
     assert len(out[uid]) == 2 and len(os.listdir(cache)) == 2
+
+
+def test_auto_reads_the_metadata_where_it_covers_the_split_and_aligns_the_rest(aligned, monkeypatch):
+    root, csv, _, _, truth = aligned
+    lines = open(csv).read().splitlines()
+    merged = os.path.join(root, "merged.csv")  # a split merged with utterances the corpus has no times for
+    open(merged, "w").write("\n".join(lines + ["real-0001," + lines[1].split(",", 1)[1]]) + "\n")
+    calls = []
+
+    def fake_align(manifests, *args, **kwargs):
+        calls.append(sorted(manifests))
+        return {split: {"aligned": [0.0]} for split in manifests}
+
+    monkeypatch.setattr(awt, "split_aligned_word_starts", fake_align)
+    out = awt.split_word_starts_from("auto", {"test": csv, "test+extra": merged}, root, None, None, "w", 1, None)
+    assert out["test"] == truth and out["test+extra"] == {"aligned": [0.0]} and calls == [["test+extra"]]
+    out = awt.split_word_starts_from("aligner", {"test": csv}, root, None, None, "w", 1, None)
+    assert out["test"] == {"aligned": [0.0]}
+    assert awt.split_word_starts_from("metadata", {"test": csv}, root, None, None, "w", 1, None)["test"] == truth
+    with pytest.raises(ConfigError, match="word_times must be one of"):
+        awt.split_word_starts_from("mfa", {"test": csv}, root, None, None, "w", 1, None)

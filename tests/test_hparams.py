@@ -25,6 +25,8 @@ EXPECTED = {
     "word_pointer.yaml": ("CrossAttentionAggregator", "ResidualVQQuantizer", "word"),
     "no_vq_word_pointer.yaml": ("CrossAttentionAggregator", "IdentityQuantizer", "word"),
     "text_only_word_pointer.yaml": ("NoAggregator", "IdentityQuantizer", None),
+    "duration_decoder.yaml": ("CrossAttentionAggregator", "ResidualVQQuantizer", "word"),
+    "text_only_duration_decoder.yaml": ("NoAggregator", "IdentityQuantizer", None),
     "oracle_spans.yaml": ("OracleSpansAggregator", "IdentityQuantizer", "word"),
     "aligned_spans.yaml": ("AlignedSpansAggregator", "ResidualVQQuantizer", "word"),
     "paper_unsupervised.yaml": ("CrossAttentionAggregator", "ResidualVQQuantizer", "word"),
@@ -38,7 +40,7 @@ def tiny_overrides(tmp_path):
         "prep_folder": str(tmp_path / "prep"),
         "decoder_options": {
             name: {"d_model": 32, "num_layers": 1, "ffn_dim": 64}
-            for name in ("unit_transformer", "word_pointer_transformer")
+            for name in ("unit_transformer", "word_pointer_transformer", "duration_transformer")
         },
     }
 

@@ -23,7 +23,6 @@ import sys
 import speechbrain as sb
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from taste_toolkit.errors import ConfigError
 from taste_toolkit.hparams_loader import load_hparams, setup_experiment
 from taste_toolkit.data.corpus_preparation import fit_text_tokenizer, prepare_corpus
 from taste_toolkit.data.unit_cache import load_units, prepare_units
@@ -108,21 +107,14 @@ def run_stage(hparams, run_opts, encoder_cache=None):
 
 
 def load_word_starts(hparams, splits, text_tokenizer):
-    """``{split: {ID: word start seconds}}`` from ``word_times``: ``metadata`` or ``aligner``."""
-    source = hparams.get("word_times", "metadata")
-    if source == "metadata":
-        from taste_toolkit.data.word_alignment import split_word_starts
+    """``{split: {ID: word start seconds}}`` by ``word_times`` (``auto``, ``metadata`` or ``aligner``)."""
+    from taste_toolkit.data.aligned_word_times import split_word_starts_from
 
-        return split_word_starts(hparams["data_folder"] or hparams["corpus_folder"], list(splits))
-    if source == "aligner":
-        from taste_toolkit.data.aligned_word_times import split_aligned_word_starts
-
-        return run_on_main(split_aligned_word_starts, kwargs=dict(
-            manifests=splits, text_tokenizer=text_tokenizer, encoder=hparams["encoder"],
-            whisper_source=hparams["whisper_source"], vocab_size=hparams["text_vocab_size"],
-            cache_dir=os.path.join(hparams["prep_folder"], "word_times"), sample_rate=hparams["sample_rate"]))
-    raise ConfigError(f"word_times must be 'metadata' (the corpus' metadata.jsonl) or 'aligner' "
-                     f"(forced alignment with the frozen Whisper), got {source!r}.")
+    return run_on_main(split_word_starts_from, kwargs=dict(
+        source=hparams.get("word_times", "auto"), manifests=splits,
+        data_folder=hparams["data_folder"] or hparams["corpus_folder"], text_tokenizer=text_tokenizer,
+        encoder=hparams["encoder"], whisper_source=hparams["whisper_source"], vocab_size=hparams["text_vocab_size"],
+        cache_dir=os.path.join(hparams["prep_folder"], "word_times"), sample_rate=hparams["sample_rate"]))
 
 
 def add_token_measurements(hparams, results):

@@ -156,3 +156,60 @@ def split_aligned_word_starts(manifests, text_tokenizer, encoder, whisper_source
                                    cache_name=split, whisper_source=whisper_source, progress=progress)
         for split, path in manifests.items()
     }
+
+
+WORD_TIME_SOURCES = ("auto", "metadata", "aligner")
+
+
+def _metadata_word_starts(data_folder, split, manifest):
+    """The corpus' word times of every utterance of ``manifest``, or None if one lacks them."""
+    from taste_toolkit.data.word_alignment import read_word_starts
+
+    starts = {}
+    for part in split.split("+"):
+        path = os.path.join(data_folder, part, "metadata.jsonl") if data_folder else ""
+        if path and os.path.isfile(path):
+            starts.update(read_word_starts(path))
+    ids = [r["ID"] for r in read_manifest(manifest)]
+    return starts if ids and all(i in starts for i in ids) else None
+
+
+def split_word_starts_from(source, manifests, data_folder, text_tokenizer, encoder, whisper_source, vocab_size,
+                           cache_dir, sample_rate=16000):
+    """``{split: {ID: word starts}}`` from the corpus' metadata, the Whisper aligner, or either.
+
+    Arguments
+    ---------
+    source : str
+        ``"metadata"``: ``<data_folder>/<split>/metadata.jsonl`` (an error if missing);
+        ``"aligner"``: :func:`split_aligned_word_starts` for every split;
+        ``"auto"``: the metadata of a split when it covers every utterance of its
+        manifest, the aligner otherwise (e.g. LibriSpeech, or a training split
+        merged with the real-voice prompts); the choice is logged per split.
+    manifests : dict
+        ``{split: SpeechBrain CSV}``; a merged split is named ``"a+b"``.
+    data_folder : str
+        The corpus root holding the split folders.
+    text_tokenizer, encoder, whisper_source, vocab_size, cache_dir, sample_rate
+        As for :func:`split_aligned_word_starts`.
+    """
+    if source not in WORD_TIME_SOURCES:
+        raise ConfigError(f"word_times must be one of {list(WORD_TIME_SOURCES)} ('metadata': the corpus' "
+                          f"metadata.jsonl, 'aligner': forced alignment with the frozen Whisper), got {source!r}.")
+    if source == "metadata":
+        from taste_toolkit.data.word_alignment import split_word_starts
+
+        return split_word_starts(data_folder, list(manifests))
+    out, to_align = {}, {}
+    for split, manifest in manifests.items():
+        starts = _metadata_word_starts(data_folder, split, manifest) if source == "auto" else None
+        if starts is None:
+            to_align[split] = manifest
+        else:
+            out[split] = starts
+    if to_align:
+        logger.info("Word times from the Whisper aligner for %s%s.", sorted(to_align),
+                    f" (the corpus' metadata covers {sorted(out)})" if out else "")
+        out.update(split_aligned_word_starts(to_align, text_tokenizer, encoder, whisper_source, vocab_size,
+                                             cache_dir, sample_rate))
+    return out

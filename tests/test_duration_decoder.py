@@ -1,0 +1,101 @@
+"""``duration_transformer``: non-autoregressive units from per-word durations."""
+
+import pytest
+import torch
+
+from taste_toolkit.errors import ConfigError, InputError
+from taste_toolkit.registry import build
+
+SMALL = dict(vocab_size=12, num_units=8, speech_dim=4, d_model=32, num_layers=2, num_heads=2, ffn_dim=64,
+             dropout=0.0, word_layers=1)
+
+
+def _decoder(**options):
+    torch.manual_seed(0)
+    return build("decoder", "duration_transformer", **{**SMALL, **options})
+
+
+def _toy_batch():
+    """Two utterances; word k (text token k + 1) is spoken as unit k repeated k + 2 times."""
+    words = [[0, 1, 2], [2, 0]]
+    tokens = torch.zeros(2, 3, dtype=torch.long)
+    word_ids = torch.zeros(2, 3, dtype=torch.long)
+    units, unit_words = [], []
+    for i, ws in enumerate(words):
+        tokens[i, : len(ws)] = torch.tensor(ws) + 1
+        word_ids[i, : len(ws)] = torch.arange(len(ws))
+        units.append(torch.cat([torch.full((w + 2,), w) for w in ws]))
+        unit_words.append(torch.cat([torch.full((w + 2,), j) for j, w in enumerate(ws)]))
+    lengths = torch.tensor([len(u) for u in units])
+    pad = lambda rows: torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # noqa: E731
+    token_lengths = torch.tensor([3, 2])
+    speech = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(1))
+    return tokens, token_lengths, speech, token_lengths.clone(), pad(units), lengths, word_ids, pad(unit_words)
+
+
+def test_forward_scores_every_unit_and_backpropagates():
+    dec = _decoder()
+    tokens, tl, speech, sl, units, ul, word_ids, unit_words = _toy_batch()
+    out = dec(tokens, tl, speech, sl, units, ul, word_ids=word_ids, unit_word_ids=unit_words)
+    assert out.logits.shape == (2, int(ul.max()), SMALL["num_units"] + 1)
+    assert (out.targets[1, int(ul[1]):] == -100).all() and torch.equal(out.targets[0], units[0])
+    out.loss.backward()
+    assert dec.duration_head.weight.grad.abs().sum() > 0 and dec.head.weight.grad.abs().sum() > 0
+    counts = dec.accuracy(out)
+    assert counts["total"] == int(ul.sum())
+
+
+def test_learns_units_and_durations_then_generates_them_greedily():
+    dec = _decoder()
+    tokens, tl, speech, sl, units, ul, word_ids, unit_words = _toy_batch()
+    opt = torch.optim.Adam(dec.parameters(), lr=3e-3)
+    for _ in range(300):
+        opt.zero_grad()
+        dec(tokens, tl, speech, sl, units, ul, word_ids=word_ids, unit_word_ids=unit_words).loss.backward()
+        opt.step()
+    out, lengths, starts = dec.generate(tokens, tl, speech, sl, word_ids=word_ids, return_word_starts=True)
+    assert lengths.tolist() == ul.tolist()
+    for i in range(2):
+        assert torch.equal(out[i, : int(lengths[i])], units[i, : int(ul[i])])
+    assert starts[0].tolist() == [0, 2, 5] and starts[1].tolist() == [0, 4, 6]  # a padding word starts at the end
+    # Speaking rate: doubling every duration doubles the length.
+    _, slow = dec.generate(tokens, tl, speech, sl, word_ids=word_ids, duration_scale=2.0)
+    assert slow.tolist() == (2 * ul).tolist()
+
+
+def test_generation_is_batch_invariant_and_reproducible():
+    dec = _decoder().eval()
+    tokens, tl, speech, sl, _, _, word_ids, _ = _toy_batch()
+    both, lengths = dec.generate(tokens, tl, speech, sl, word_ids=word_ids)
+    alone, n = dec.generate(tokens[1:, :2], tl[1:], speech[1:, :2], sl[1:], word_ids=word_ids[1:, :2])
+    assert int(n[0]) == int(lengths[1]) and torch.equal(alone[0, : int(n[0])], both[1, : int(lengths[1])])
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    a = dec.generate(tokens, tl, speech, sl, word_ids=word_ids, top_k=4, generator=g())[0]
+    assert torch.equal(a, dec.generate(tokens, tl, speech, sl, word_ids=word_ids, top_k=4, generator=g())[0])
+
+
+def test_length_cap_scales_durations_down_and_is_reported():
+    dec = _decoder()
+    with torch.no_grad():
+        dec.duration_head.bias.fill_(5.0)  # ~147 units per word: far over the cap
+    tokens, tl, speech, sl, _, _, word_ids, _ = _toy_batch()
+    _, lengths, starts = dec.generate(tokens, tl, speech, sl, word_ids=word_ids, max_len_ratio=4.0,
+                                      return_word_starts=True)
+    cap = dec.generation_cap(tl, max_len_ratio=4.0)
+    assert cap.tolist() == [12, 8] and (lengths <= cap).all() and (lengths >= cap - 3).all()
+    assert (starts[:, 1:] >= starts[:, :-1]).all()
+
+
+def test_bad_input_is_refused_with_a_reason():
+    with pytest.raises(ConfigError, match="weighted_sum"):
+        _decoder(fusion="concat")
+    with pytest.raises(ConfigError, match="word_layers"):
+        _decoder(word_layers=-1)
+    dec = _decoder()
+    tokens, tl, speech, sl, units, ul, word_ids, unit_words = _toy_batch()
+    with pytest.raises(InputError, match="unit_word_ids"):
+        dec(tokens, tl, speech, sl, units, ul, word_ids=word_ids)
+    with pytest.raises(InputError, match="word_ids"):
+        dec.generate(tokens, tl, speech, sl)
+    with pytest.raises(InputError, match="duration_scale"):
+        dec.generate(tokens, tl, speech, sl, word_ids=word_ids, duration_scale=0.0)
