@@ -1,6 +1,6 @@
 """Word times from the frozen Whisper aligner, for corpora that do not record them.
 
-The ``word_pointer_transformer`` decoder (and the ``oracle_spans`` ceiling) train
+The ``word_pointer_transformer`` and ``duration_transformer`` decoders (and the ``oracle_spans`` ceiling) train
 on the word of every unit. The embedded corpus writes each word's start in its
 ``metadata.jsonl``; LibriSpeech, the Asterisk real-voice split or any
 ASR-transcribed data do not. This module forced-aligns them with what the
