@@ -35,7 +35,7 @@ from taste_toolkit.errors import ConfigError, InputError
 from taste_toolkit.interfaces import DecoderOutput
 from taste_toolkit.nn.causal_transformer import TransformerStack
 from taste_toolkit.plugins.decoder.unit_transformer import UnitTransformerDecoder
-from taste_toolkit.plugins.decoder.word_pointer_transformer import WordPointerDecoder
+from taste_toolkit.plugins.decoder.word_pointer_transformer import WordPointerDecoder, checked_unit_words
 from taste_toolkit.registry import register
 
 logger = logging.getLogger(__name__)
@@ -150,13 +150,7 @@ class DurationTransformerDecoder(UnitTransformerDecoder):
         valid = torch.arange(units.shape[1], device=device)[None] < unit_lengths[:, None]
         if ((units < 0) | (units >= self.num_units))[valid].any():
             raise InputError(f"Unit ids must lie in [0, {self.num_units}).")
-        if unit_word_ids is None:
-            raise InputError("duration_transformer trains on the word of every unit (unit_word_ids); set "
-                             "word_times (metadata or aligner) in the recipe.")
-        unit_word = unit_word_ids.to(device).long()[:, : units.shape[1]]
-        if unit_word.shape != units.shape:
-            raise InputError(f"unit_word_ids {tuple(unit_word_ids.shape)} must match units {tuple(units.shape)}.")
-        unit_word = torch.minimum(unit_word.clamp(min=0), (num_words - 1)[:, None]).cummax(dim=1).values
+        unit_word = checked_unit_words(unit_word_ids, units, valid, num_words, "duration_transformer")
         unit_word = torch.where(valid, unit_word, torch.full_like(unit_word, -1))
 
         x, _ = self._expand(words, unit_word)

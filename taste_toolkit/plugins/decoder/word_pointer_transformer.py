@@ -36,6 +36,22 @@ from taste_toolkit.registry import register
 logger = logging.getLogger(__name__)
 
 
+def checked_unit_words(unit_word_ids, units, unit_valid, num_words, decoder_name):
+    """The word of every unit ``(B, S)``: checked, clamped into the transcript, non-decreasing.
+
+    A unit cannot go back to an earlier word; padding positions get word 0 (then the
+    running maximum), so callers mask them with ``unit_valid``.
+    """
+    if unit_word_ids is None:
+        raise InputError(f"{decoder_name} trains on the word of every unit (unit_word_ids); the corpus needs "
+                         "word times (word_times: metadata or aligner, see taste_toolkit.data.word_alignment).")
+    words = unit_word_ids.to(units.device).long()[:, : units.shape[1]]
+    if words.shape != units.shape:
+        raise InputError(f"unit_word_ids {tuple(unit_word_ids.shape)} must match units {tuple(units.shape)}.")
+    words = torch.minimum(words.clamp(min=0), (num_words - 1)[:, None])
+    return torch.where(unit_valid, words, torch.zeros_like(words)).cummax(dim=1).values
+
+
 @register("decoder", "word_pointer_transformer")
 class WordPointerDecoder(UnitTransformerDecoder):
     """Autoregressive unit decoder over units and word boundaries, fed the current word.
@@ -104,18 +120,7 @@ class WordPointerDecoder(UnitTransformerDecoder):
         device = units.device
         steps = torch.arange(units.shape[1], device=device)[None]
         unit_valid = steps < unit_lengths[:, None]
-        if unit_word_ids is None:
-            raise InputError(
-                "word_pointer_transformer trains on the word of every unit (unit_word_ids); "
-                "the corpus needs word times (see taste_toolkit.data.word_alignment)."
-            )
-        words = unit_word_ids.to(device).long()[:, : units.shape[1]]
-        if words.shape != units.shape:
-            raise InputError(f"unit_word_ids {tuple(unit_word_ids.shape)} must match units {tuple(units.shape)}.")
-        # Clamp into the transcript's words and force monotonic order: a unit cannot
-        # go back to an earlier word.
-        words = torch.minimum(words.clamp(min=0), (num_words - 1)[:, None])
-        words = torch.where(unit_valid, words, torch.zeros_like(words)).cummax(dim=1).values
+        words = checked_unit_words(unit_word_ids, units, unit_valid, num_words, "word_pointer_transformer")
         lengths = unit_lengths + num_words - 1  # exactly one boundary per word change
         stream = torch.full((units.shape[0], int(lengths.max())), self.boundary, dtype=torch.long, device=device)
         rows = torch.arange(units.shape[0], device=device)[:, None].expand_as(units)
