@@ -403,3 +403,32 @@ def test_fit_with_extra_training_audio(extractor, manifest, tmp_path):
     with pytest.raises(DataPreparationError, match="x0"):  # the extra audio needs speaker vectors too
         fit_unit_vocoder(extractor, manifest, str(tmp_path / "voc"), extra_manifests=[str(extra)],
                          speaker_vectors=vectors, **{**options, "vocoder_options": {**SMALL, "speaker_dim": 2}})
+
+
+def test_delta_loss_penalizes_smeared_timing_not_offsets(monkeypatch):
+    """``delta_weight`` adds an L1 on frame-to-frame changes: blind to a constant offset, not to a blur."""
+    voc = tiny()
+    units, wav = toy_pairs(count=1)[0]
+    crop_units, lengths, crops, _ = unit_vocoder._CropSampler([(units, wav)], 8, 256, 128, seed=1).sample(1)
+    frames = int(lengths[0]) * voc.frames_per_unit
+    target = unit_vocoder._target(voc, crops, frames)
+    blurred = torch.nn.functional.avg_pool1d(target.transpose(1, 2), 5, stride=1, padding=2,
+                                             count_include_pad=False).transpose(1, 2)
+
+    def loss(pred, weight):
+        monkeypatch.setattr(voc, "spectrogram", lambda *a: (pred, torch.tensor([frames])))
+        return float(unit_vocoder.spectral_l1(voc, crop_units, lengths, crops, delta_weight=weight))
+
+    assert loss(target, 1.0) == pytest.approx(0.0, abs=1e-6)
+    assert loss(target + 0.5, 1.0) == pytest.approx(loss(target + 0.5, 0.0)) == pytest.approx(0.5)
+    plain, with_delta = loss(blurred, 0.0), loss(blurred, 1.0)
+    assert with_delta > 1.5 * plain > 0, (plain, with_delta)  # a blur changes the frame-to-frame steps a lot
+
+
+def test_delta_weight_keys_the_vocoder_cache(extractor, manifest, tmp_path):
+    plain = fit_unit_vocoder(extractor, manifest, str(tmp_path), vocoder_options=dict(dim=8, n_iter=2),
+                             steps=3, batch_size=2, crop_units=4, progress=False)
+    sharp = fit_unit_vocoder(extractor, manifest, str(tmp_path), vocoder_options=dict(dim=8, n_iter=2),
+                             steps=3, batch_size=2, crop_units=4, progress=False, delta_weight=0.5)
+    assert plain != sharp
+    assert UnitToSpecVocoder.from_pretrained(sharp).training_summary["delta_weight"] == 0.5

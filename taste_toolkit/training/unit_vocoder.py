@@ -124,8 +124,13 @@ def _target(vocoder, wavs, frames):
     return spec.abs().clamp(min=opts["log_floor"]).log().transpose(1, 2)[:, :frames]
 
 
-def spectral_l1(vocoder, units, lengths, wavs, speaker=None):
+def spectral_l1(vocoder, units, lengths, wavs, speaker=None, delta_weight=0.0):
     """Mean L1 between predicted and true log-magnitudes over valid frames (the training loss).
+
+    With ``delta_weight > 0`` the L1 between their frame-to-frame differences
+    (along time) is added with that weight: a plain L1 is minimized by a spectrum
+    smeared over the units a unit id can stand for, and smeared timing is what
+    costs intelligibility most (RESULTS.md, "Where Griffin-Lim stops").
 
     Arguments
     ---------
@@ -139,6 +144,8 @@ def spectral_l1(vocoder, units, lengths, wavs, speaker=None):
         samples of context on each side (see :class:`_CropSampler`).
     speaker : torch.Tensor, optional
         ``(B, speaker_dim)`` for a speaker-conditioned vocoder.
+    delta_weight : float
+        Weight of the L1 on the temporal differences (0 = plain L1).
 
     Returns
     -------
@@ -148,11 +155,16 @@ def spectral_l1(vocoder, units, lengths, wavs, speaker=None):
     pred, frame_lengths = vocoder.spectrogram(units, lengths, speaker)
     target = _target(vocoder, wavs, pred.shape[1])
     mask = (torch.arange(pred.shape[1])[None] < frame_lengths[:, None]).unsqueeze(-1).to(pred.dtype)
-    return ((pred - target).abs() * mask).sum() / (mask.sum() * pred.shape[-1]).clamp(min=1)
+    loss = ((pred - target).abs() * mask).sum() / (mask.sum() * pred.shape[-1]).clamp(min=1)
+    if delta_weight > 0:
+        pair_mask = mask[:, 1:] * mask[:, :-1]  # both frames of a difference are valid
+        delta = ((pred.diff(dim=1) - target.diff(dim=1)).abs() * pair_mask).sum()
+        loss = loss + delta_weight * delta / (pair_mask.sum() * pred.shape[-1]).clamp(min=1)
+    return loss
 
 
 def train_unit_vocoder(vocoder, pairs, steps=1500, batch_size=16, crop_units=40, lr=3e-3,
-                       warmup=100, seed=0, unit_noise=0.1, progress=True):
+                       warmup=100, seed=0, unit_noise=0.1, delta_weight=0.0, progress=True):
     """Train ``vocoder`` in place on ``(units, waveform)`` pairs.
 
     Arguments
@@ -171,6 +183,8 @@ def train_unit_vocoder(vocoder, pairs, steps=1500, batch_size=16, crop_units=40,
     unit_noise : float
         Fraction of input units replaced by random ids (the target is unchanged):
         regularizes, and teaches robustness to a unit decoder's errors.
+    delta_weight : float
+        Weight of the temporal-difference L1 (see :func:`spectral_l1`).
     progress : bool
         Show a tqdm bar with the running loss.
 
@@ -209,7 +223,7 @@ def train_unit_vocoder(vocoder, pairs, steps=1500, batch_size=16, crop_units=40,
             swap = torch.rand(units.shape, generator=sampler.generator) < unit_noise
             noise = torch.randint(0, vocoder.num_units, units.shape, generator=sampler.generator)
             units = torch.where(swap, noise, units)
-        loss = spectral_l1(vocoder, units, lengths, wavs, speakers)
+        loss = spectral_l1(vocoder, units, lengths, wavs, speakers, delta_weight=delta_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vocoder.parameters(), 1.0)
@@ -243,7 +257,7 @@ def _speaker_digest(speaker_vectors, rows):
 
 def fit_unit_vocoder(extractor, manifest, cache_dir, unit_file=None, vocoder_options=None, steps=1500,
                      batch_size=16, crop_units=40, lr=3e-3, seed=0, unit_noise=0.1, max_utterances=None,
-                     progress=True, speaker_vectors=None, extra_manifests=()):
+                     progress=True, speaker_vectors=None, extra_manifests=(), delta_weight=0.0):
     """Train (or reuse) a ``unit_to_spec`` vocoder for a fitted unit extractor.
 
     Arguments
@@ -261,7 +275,7 @@ def fit_unit_vocoder(extractor, manifest, cache_dir, unit_file=None, vocoder_opt
         :class:`~taste_toolkit.plugins.vocoder.unit_to_spec.UnitToSpecVocoder` options
         (``num_units``, ``sample_rate``, ``samples_per_unit`` and
         ``units_fingerprint`` come from the extractor).
-    steps, batch_size, crop_units, lr, seed, unit_noise
+    steps, batch_size, crop_units, lr, seed, unit_noise, delta_weight
         Training options (see :func:`train_unit_vocoder`).
     max_utterances : int, optional
         Train on at most this many utterances (the first ones of the manifest).
@@ -310,6 +324,8 @@ def fit_unit_vocoder(extractor, manifest, cache_dir, unit_file=None, vocoder_opt
             raise ConfigError(f"unit_to_spec speaker_dim={speaker_dim} but the speaker vectors have widths {sorted(dims)}.")
     training = dict(steps=steps, batch_size=batch_size, crop_units=crop_units, lr=lr, seed=seed,
                     unit_noise=unit_noise, max_utterances=max_utterances)
+    if delta_weight:  # only when set, so the caches of plain-L1 vocoders stay valid
+        training["delta_weight"] = float(delta_weight)
     # Every option that shapes the weights, defaults included (synthesis options do not).
     resolved = {k: v for k, v in UnitToSpecVocoder(**options).options.items() if k not in SYNTHESIS_OPTIONS}
     key_parts = [TRAINING_VERSION, resolved, training, _manifest_digest(manifest, rows)]
@@ -331,7 +347,8 @@ def fit_unit_vocoder(extractor, manifest, cache_dir, unit_file=None, vocoder_opt
     for _, extra_rows in extra:
         pairs += _load_pairs(extractor, extra_rows, None, int(spu), speaker_vectors)
     summary = train_unit_vocoder(vocoder, pairs, steps=steps, batch_size=batch_size, crop_units=crop_units,
-                                 lr=lr, seed=seed, unit_noise=unit_noise, progress=progress)
+                                 lr=lr, seed=seed, unit_noise=unit_noise, delta_weight=delta_weight,
+                                 progress=progress)
     summary.update(training, utterances=len(pairs), manifest=os.path.abspath(manifest),
                    extra_manifests=[os.path.abspath(path) for path, _ in extra])
     logger.info("unit_to_spec vocoder trained in %.0f s (L1 %.3f -> %.3f): %s",
