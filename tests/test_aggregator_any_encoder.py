@@ -52,7 +52,9 @@ class Width192Encoder(Encoder):
 
 def _tiny_decoder_overrides(tmp_path):
     return {"output_folder": str(tmp_path / "out"), "prep_folder": str(tmp_path / "prep"),
-            "decoder_options": {"unit_transformer": {"d_model": 32, "num_layers": 1, "ffn_dim": 64}}}
+            "decoder_options": {"unit_transformer": {"d_model": 32, "num_layers": 1, "ffn_dim": 64},
+                                "duration_transformer": {"d_model": 32, "num_layers": 1, "word_layers": 1,
+                                                         "ffn_dim": 64}}}
 
 
 def _whisper_decoder(source):
@@ -90,6 +92,10 @@ def test_encoder_of_another_width_with_the_default_aggregator_options_trains_a_s
     wavs, wav_lengths = torch.randn(2, 16000, generator=g) * 0.1, torch.tensor([16000, 12800])
     units = torch.randint(0, hparams["num_units"], (2, 30), generator=g)
     unit_lengths = torch.tensor([30, 24])
+    # The default duration_transformer trains on the word of every unit: spread the units evenly.
+    num_words = torch.tensor([max(e.word_ids) + 1 for e in enc_text])
+    unit_word_ids = torch.stack([(torch.arange(30) * int(w) // int(n)).clamp(max=int(w) - 1)
+                                 for w, n in zip(num_words, unit_lengths)])
 
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -97,7 +103,8 @@ def test_encoder_of_another_width_with_the_default_aggregator_options_trains_a_s
     before = agg.key_in.weight.detach().clone()
     with torch.no_grad():
         encoder_out = model.encode_audio(wavs, wav_lengths)
-    out = model(tokens, token_lengths, word_ids, units, unit_lengths, encoder_out=encoder_out)
+    out = model(tokens, token_lengths, word_ids, units, unit_lengths, encoder_out=encoder_out,
+                unit_word_ids=unit_word_ids)
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert agg.key_in.weight.grad is not None and agg.key_in.weight.grad.abs().sum() > 0

@@ -25,8 +25,7 @@ EXPECTED = {
     "word_pointer.yaml": ("CrossAttentionAggregator", "ResidualVQQuantizer", "word"),
     "no_vq_word_pointer.yaml": ("CrossAttentionAggregator", "IdentityQuantizer", "word"),
     "text_only_word_pointer.yaml": ("NoAggregator", "IdentityQuantizer", None),
-    "duration_decoder.yaml": ("CrossAttentionAggregator", "ResidualVQQuantizer", "word"),
-    "text_only_duration_decoder.yaml": ("NoAggregator", "IdentityQuantizer", None),
+    "autoregressive_decoder.yaml": ("CrossAttentionAggregator", "ResidualVQQuantizer", "word"),
     "oracle_spans.yaml": ("OracleSpansAggregator", "IdentityQuantizer", "word"),
     "aligned_spans.yaml": ("AlignedSpansAggregator", "ResidualVQQuantizer", "word"),
     "paper_unsupervised.yaml": ("CrossAttentionAggregator", "ResidualVQQuantizer", "word"),
@@ -63,6 +62,20 @@ def test_yaml_loads_and_builds(path, tmp_path):
     # Only trainable parts are checkpointed; the frozen encoder never is.
     recoverables = hparams["checkpointer"].recoverables
     assert "encoder" not in recoverables and "decoder" in recoverables
+
+
+def test_default_decoder_is_non_autoregressive_and_the_paper_one_is_an_ablation(tmp_path):
+    default, _, _ = load_hparams(os.path.join(ROOT, "hparams/taste.yaml"), tiny_overrides(tmp_path))
+    assert type(default["decoder"]).__name__ == "DurationTransformerDecoder"
+    paper, _, _ = load_hparams(os.path.join(ROOT, "hparams/ablations/autoregressive_decoder.yaml"),
+                               tiny_overrides(tmp_path))
+    assert type(paper["decoder"]).__name__ == "UnitTransformerDecoder"
+    # each under the conditions it was measured with: 50 Hz units for the default, 25 Hz for the paper's
+    assert default["units"].options["stack"] == 1 and paper["units"].options["stack"] == 2
+    assert default["number_of_epochs"] == 10 and paper["number_of_epochs"] == 6
+    for frames in ("encoder_only.yaml", "encoder_last_layer_only.yaml"):  # frame-level speech needs it too
+        hp, _, _ = load_hparams(os.path.join(ROOT, "hparams/ablations", frames), tiny_overrides(tmp_path))
+        assert type(hp["decoder"]).__name__ == "UnitTransformerDecoder" and hp["decoder"].fusion == "concat"
 
 
 def test_last_layer_values_uses_key_tap(tmp_path):

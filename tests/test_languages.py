@@ -271,7 +271,9 @@ def test_hparams_language_flows_to_the_text_tokenizer(tmp_path):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     overrides = {"language": "es", "output_folder": str(tmp_path / "out"), "prep_folder": str(tmp_path / "prep"),
-                 "decoder_options": {"unit_transformer": {"d_model": 32, "num_layers": 1, "ffn_dim": 64}}}
+                 "decoder_options": {"unit_transformer": {"d_model": 32, "num_layers": 1, "ffn_dim": 64},
+                                     "duration_transformer": {"d_model": 32, "num_layers": 1, "word_layers": 1,
+                                                              "ffn_dim": 64}}}
     hparams, _, _ = load_hparams(os.path.join(root, "hparams", "taste.yaml"), overrides)
     tok = hparams["text_tokenizer"]
     assert tok.options["language"] == "es" and tok.words.language.code == "es"

@@ -38,7 +38,8 @@ def run_recipe(yaml_file, corpus, prep, out, *extra):
         sys.executable, TRAIN, yaml_file,
         f"--data_folder={corpus}", f"--prep_folder={prep}", f"--output_folder={out}",
         "--num_units=16", "--codebook_size=16",
-        "--decoder_options={unit_transformer: {d_model: 32, num_layers: 1, ffn_dim: 64, dropout: 0.1}}",
+        "--decoder_options={unit_transformer: {d_model: 32, num_layers: 1, ffn_dim: 64, dropout: 0.1}, "
+        "duration_transformer: {d_model: 32, num_layers: 1, word_layers: 1, ffn_dim: 64, dropout: 0.1}}",
         "--dynamic_batch_sampler_train={max_batch_length: 12, num_buckets: 2, shuffle: True, batch_ordering: random}",
         "--unit_vocoder_training={steps: 3, batch_size: 2, crop_units: 8}",  # a trained vocoder is exported
         *extra,

@@ -18,7 +18,8 @@ from taste_toolkit.hparams_loader import check_config, load_hparams, setup_exper
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASTE = os.path.join(ROOT, "hparams", "taste.yaml")
 TASTE_TEXT = open(TASTE).read()
-SMALL = {"decoder_options": {"unit_transformer": {"d_model": 32, "num_layers": 1, "ffn_dim": 64}}}
+SMALL = {"decoder_options": {"unit_transformer": {"d_model": 32, "num_layers": 1, "ffn_dim": 64},
+                             "duration_transformer": {"d_model": 32, "num_layers": 1, "word_layers": 1, "ffn_dim": 64}}}
 
 
 def _paths(tmp_path):
@@ -82,7 +83,7 @@ def test_setup_experiment_refuses_before_creating_the_experiment(tmp_path):
 
 def test_plugin_option_and_dimension_errors_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="Unknown option.*'d_modle'"):
-        load_hparams(TASTE, {**_paths(tmp_path), "decoder_options": {"unit_transformer": {"d_modle": 32}}})
+        load_hparams(TASTE, {**_paths(tmp_path), "decoder_options": {"duration_transformer": {"d_modle": 32}}})
     with pytest.raises(ConfigError, match="Incompatible plugins: quantizer input_dim=64"):
         load_hparams(TASTE, {**_paths(tmp_path), **SMALL, "speech_dim": 64})
 

@@ -4,7 +4,7 @@ Configuration (plain YAML, no tags; see ``hparams/evaluate/reconstruction.yaml``
 
     output_folder: results/eval/reconstruction
     data: {metadata: results/synthetic_corpus/test, limit: 20}
-    decoding: {top_k: 25, temperature: 1.0, seed: 0, max_len_ratio: 20.0}
+    decoding: {top_k: 0, temperature: 1.0, seed: 0, max_len_ratio: 40.0}
     match_rms: true          # scale each output to the source's RMS (vocoders are uncalibrated)
     plot_utterance: null     # ID for the F0 / attention plots (default: the first)
     systems:
@@ -54,11 +54,9 @@ from taste_toolkit.audio import read_audio, resample
 from taste_toolkit.errors import ConfigError, InputError, TasteError
 from taste_toolkit.evaluation.bootstrap import bootstrap_options
 from taste_toolkit.evaluation.data import load_eval_set
-from taste_toolkit.evaluation.systems import build_system
+from taste_toolkit.evaluation.systems import DEFAULT_DECODING, build_system
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_DECODING = {"top_k": 25, "temperature": 1.0, "seed": 0, "max_len_ratio": 20.0}
 
 
 # ------------------------------------------------------------------ config

@@ -56,6 +56,11 @@ import numpy as np
 from taste_toolkit.bitrate import bits_per_token
 from taste_toolkit.errors import ConfigError, InputError, MissingResourceError
 
+# Greedy, for the default non-autoregressive duration_transformer; an autoregressive decoder
+# (unit_transformer) wants top-k sampling (top_k 25: it loops when decoded greedily) and
+# max_len_ratio 20 (25 Hz units). 40 units per text token is 0.8 s at 50 Hz: a safety net.
+DEFAULT_DECODING = {"top_k": 0, "temperature": 1.0, "seed": 0, "max_len_ratio": 40.0}
+
 _SYSTEMS = {}
 #: Types registered by a module not named after them (taste_toolkit/evaluation/<module>_system.py).
 _TYPE_MODULES = {"mel_topline": "lmspt"}
@@ -229,7 +234,7 @@ class TokenizerSystem(System):
 
     def __init__(self, path, decoding=None):
         self.path = path
-        self.decoding = {"top_k": 25, "temperature": 1.0, "seed": 0, "max_len_ratio": 20.0, **(decoding or {})}
+        self.decoding = {**DEFAULT_DECODING, **(decoding or {})}
         self.tok = _load_tokenizer(path)
         info = self.tok.info()
         # Continuous (no-VQ) tokens have no finite bit count: reported as such, not as 0.

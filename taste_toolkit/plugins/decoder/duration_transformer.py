@@ -168,7 +168,7 @@ class DurationTransformerDecoder(UnitTransformerDecoder):
 
     @torch.no_grad()
     def generate(self, tokens, token_lengths, speech, speech_lengths, speaker=None, word_ids=None,
-                 max_len_ratio: float = 20.0, top_k: int = 0, temperature: float = 1.0,
+                 max_len_ratio: float = 40.0, top_k: int = 0, temperature: float = 1.0,
                  duration_scale: float = 1.0, generator=None, return_word_starts: bool = False):
         """Units from the predicted durations; greedy unless ``top_k > 0``.
 
@@ -176,7 +176,8 @@ class DurationTransformerDecoder(UnitTransformerDecoder):
         ---------
         max_len_ratio : float
             At most ``max_len_ratio x tokens`` units per utterance; longer predictions
-            are scaled down to it (and the decode counts as capped).
+            are scaled down to it (and the decode counts as capped). The default 40
+            is 0.8 s per text token with 50 Hz units: a safety net, not the usual length.
         top_k, temperature, generator
             ``top_k > 0`` samples each unit independently (see the module docstring).
         duration_scale : float
@@ -229,7 +230,7 @@ class DurationTransformerDecoder(UnitTransformerDecoder):
 
     def generation_cap(self, token_lengths, **generate_options):
         """``floor(max_len_ratio x tokens)``: predicted lengths beyond it are scaled down to it."""
-        ratio = float(generate_options.get("max_len_ratio", 20.0))
+        ratio = float(generate_options.get("max_len_ratio", 40.0))
         return torch.floor(ratio * torch.as_tensor(token_lengths).double()).long().clamp(min=1)
 
 
