@@ -24,14 +24,21 @@ def _wav(seconds, seed):
     return (0.3 * torch.sin(2 * torch.pi * (150 + 50 * seed) * t) + 0.02 * torch.randn(t.shape, generator=g)).numpy()
 
 
-def _make(factory, whisper_dir, tmp_path_factory, text_only=False, seed=0):
-    model, text_tok = factory(whisper_dir, TEXTS * 5, tmp_path_factory.mktemp("sp"), seed=seed, text_only=text_only)
+def _make(factory, whisper_dir, tmp_path_factory, text_only=False, seed=0, decoder_name="unit_transformer"):
+    model, text_tok = factory(whisper_dir, TEXTS * 5, tmp_path_factory.mktemp("sp"), seed=seed, text_only=text_only,
+                              decoder_name=decoder_name)
     return TasteTokenizer(model, text_tok)
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_taste_model, tiny_whisper_dir, tmp_path_factory):
     return _make(tiny_taste_model, tiny_whisper_dir, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def duration_tokenizer(tiny_taste_model, tiny_whisper_dir, tmp_path_factory):
+    """With the default recipe's non-autoregressive ``duration_transformer`` decoder."""
+    return _make(tiny_taste_model, tiny_whisper_dir, tmp_path_factory, decoder_name="duration_transformer")
 
 
 @pytest.fixture(scope="module")
@@ -234,9 +241,11 @@ def test_decode_reports_which_decodes_hit_the_length_cap(tokenizer, monkeypatch)
     assert capped.capped == [True] and capped.units[0].numel() == 3 * tokens.text_ids.numel()
 
 
+@pytest.mark.parametrize("decoder", ["unit_transformer", "duration_transformer"])
 @pytest.mark.parametrize("case", ["silence", "single_word", "thirty_seconds"])
-def test_hostile_audio_decodes_to_a_bounded_output(tokenizer, case):
+def test_hostile_audio_decodes_to_a_bounded_output(tokenizer, duration_tokenizer, case, decoder):
     """Silence, one word and 30 s of audio: the decode stops by the cap at the latest, and says so."""
+    tokenizer = {"unit_transformer": tokenizer, "duration_transformer": duration_tokenizer}[decoder]
     audio, text = {
         "silence": (np.zeros(SR, dtype=np.float32), "the cat"),
         "single_word": (_wav(0.4, 2), "hello"),
