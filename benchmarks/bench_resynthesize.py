@@ -38,6 +38,7 @@ JSON (default ``benchmarks/measured/resynthesize_rtf.json``)::
 import argparse
 import contextlib
 import functools
+import inspect
 import io
 import json
 import os
@@ -60,7 +61,7 @@ REAL_SPEECH = os.path.join(ROOT, "results/real_speech")
 STAGES = ("encode", "aggregate", "decode units", "vocode")
 QUICK_OVERRIDES = {"aggregator_options": {"cross_attention": {"num_layers": 1}},
                    "decoder_options": {"unit_transformer": {"d_model": 32, "num_layers": 1, "num_heads": 2,
-                                                            "ffn_dim": 64}},
+                                                            "ffn_dim": 64}},  # see build_tokenizer
                    "num_units": 16, "codebook_size": 8}
 
 
@@ -101,8 +102,10 @@ def build_tokenizer(folder, audio_clips, quick=False, log=print):
 
     # The setup its measurements were made with (mel k-means units, untrained Griffin-Lim
     # vocoder, no speaker vector); the default unit_to_spec vocoder would need a training run.
+    # The autoregressive unit_transformer: a random one is held to the input's length below, which
+    # times the decoder as a trained one would run; a random duration_transformer's length is noise.
     overrides = {"output_folder": os.path.join(folder, "exp"), "units_name": "mel_kmeans",
-                 "vocoder_name": "griffin_lim", "speaker_name": "none"}
+                 "vocoder_name": "griffin_lim", "speaker_name": "none", "decoder_name": "unit_transformer"}
     if quick:
         overrides.update(QUICK_OVERRIDES)
     cwd = os.getcwd()
@@ -155,7 +158,9 @@ class StageTimer:
 
         @functools.wraps(generate)
         def held(tokens, token_lengths, *args, **kwargs):
-            if timer.hold_units:
+            # Only decoders that stop on end-of-speech take min_len_ratio; a trained
+            # duration_transformer export sets its own length from its durations.
+            if timer.hold_units and "min_len_ratio" in inspect.signature(generate).parameters:
                 units = round(timer.duration * tokenizer.units.frame_rate)
                 ratio = units / float(torch.as_tensor(token_lengths).max())
                 kwargs.update(min_len_ratio=ratio, max_len_ratio=ratio)

@@ -63,6 +63,17 @@ def _random_units(manifest, num_units, frame_rate, seed=0):
             for r in rows}
 
 
+def _even_word_starts(manifest):
+    """``{ID: [start seconds of each whitespace word]}``, the words evenly spread over the audio."""
+    with open(manifest) as f:
+        rows = list(csv.DictReader(f))
+    out = {}
+    for r in rows:
+        n = max(1, len(r["wrd"].split()))
+        out[r["ID"]] = [float(r["duration"]) * i / n for i in range(n)]
+    return out
+
+
 def _run(brain, loader, audio_budget, log, name):
     """Train on ``loader`` until ``audio_budget`` s of audio; time after a warm-up batch."""
     import speechbrain as sb
@@ -117,8 +128,8 @@ def stage1_benchmark(quick=False, log=print, audio_budget=None, manifest=None, s
                 if not quick:
                     source = "8 synthetic utterances (embedded corpus not prepared)"
             overrides.update({"aggregator_options": {"cross_attention": {"num_layers": 1}},
-                              "decoder_options": {"unit_transformer": {"d_model": 32, "num_layers": 1,
-                                                                       "num_heads": 2, "ffn_dim": 64}},
+                              "decoder_options": {name: {"d_model": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64}
+                                                  for name in ("unit_transformer", "duration_transformer")},
                               "num_units": 16, "codebook_size": 8})
             dyn_opts, fixed_bs, budget = dict(max_batch_length=6.0, num_buckets=2), 2, 3.0
         else:
@@ -133,7 +144,13 @@ def stage1_benchmark(quick=False, log=print, audio_budget=None, manifest=None, s
             os.chdir(cwd)
         units_plugin = hparams["units"]
         units = {"train": _random_units(manifest, hparams["num_units"], units_plugin.frame_rate)}
-        datasets = build_datasets({"train": manifest}, hparams["text_tokenizer"], units, None, 16000)
+        # Decoders that train on the word of every unit (the default duration_transformer) get
+        # evenly spread word starts, as the units are random anyway: the cost is the same.
+        word_starts = None
+        if getattr(hparams["decoder"], "needs_unit_word_ids", False):
+            word_starts = {"train": _even_word_starts(manifest)}
+        datasets = build_datasets({"train": manifest}, hparams["text_tokenizer"], units, None, 16000,
+                                  unit_word_starts=word_starts, unit_frame_rate=units_plugin.frame_rate)
         ds = datasets["train"]
         model = hparams["model"]
         brain = TasteTokenizerBrain(modules={"model": model}, opt_class=hparams["opt_class"],
