@@ -9,6 +9,7 @@ import pytest
 from taste_toolkit.data import aligned_word_times as awt
 from taste_toolkit.data import synthetic_corpus as sc
 from taste_toolkit.data.librispeech import prepare_librispeech
+from taste_toolkit.data.manifest import read_manifest
 from taste_toolkit.data.word_alignment import read_word_starts
 from taste_toolkit.errors import ConfigError, InputError
 from taste_toolkit.registry import build
@@ -91,14 +92,17 @@ def test_auto_reads_the_metadata_where_it_covers_the_split_and_aligns_the_rest(a
     calls = []
 
     def fake_align(manifests, *args, **kwargs):
-        calls.append(sorted(manifests))
-        return {split: {"aligned": [0.0]} for split in manifests}
+        calls.append({split: [r["ID"] for r in read_manifest(path)] for split, path in manifests.items()})
+        return {split: {i: [0.0] for i in calls[-1][split]} for split in manifests}
 
     monkeypatch.setattr(awt, "split_aligned_word_starts", fake_align)
     out = awt.split_word_starts_from("auto", {"test": csv, "test+extra": merged}, root, None, None, "w", 1, None)
-    assert out["test"] == truth and out["test+extra"] == {"aligned": [0.0]} and calls == [["test+extra"]]
+    # Per utterance: the corpus' times where it has them, the aligner only for the one it lacks.
+    assert out["test"] == truth and calls == [{"test+extra": ["real-0001"]}]
+    assert out["test+extra"] == {**truth, "real-0001": [0.0]}
+    calls.clear()
     out = awt.split_word_starts_from("aligner", {"test": csv}, root, None, None, "w", 1, None)
-    assert out["test"] == {"aligned": [0.0]}
+    assert out["test"] == {i: [0.0] for i in truth} and len(calls) == 1 and set(calls[0]["test"]) == set(truth)
     assert awt.split_word_starts_from("metadata", {"test": csv}, root, None, None, "w", 1, None)["test"] == truth
     with pytest.raises(ConfigError, match="word_times must be one of"):
         awt.split_word_starts_from("mfa", {"test": csv}, root, None, None, "w", 1, None)

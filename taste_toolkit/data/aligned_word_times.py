@@ -23,6 +23,7 @@ recomputes.
 import json
 import logging
 import os
+import tempfile
 
 import numpy as np
 import torch
@@ -161,8 +162,8 @@ def split_aligned_word_starts(manifests, text_tokenizer, encoder, whisper_source
 WORD_TIME_SOURCES = ("auto", "metadata", "aligner")
 
 
-def _metadata_word_starts(data_folder, split, manifest):
-    """The corpus' word times of every utterance of ``manifest``, or None if one lacks them."""
+def _metadata_word_starts(data_folder, split, rows):
+    """The corpus' word times ``{ID: starts}`` of the utterances of ``rows`` that have them."""
     from taste_toolkit.data.word_alignment import read_word_starts
 
     starts = {}
@@ -170,8 +171,7 @@ def _metadata_word_starts(data_folder, split, manifest):
         path = os.path.join(data_folder, part, "metadata.jsonl") if data_folder else ""
         if path and os.path.isfile(path):
             starts.update(read_word_starts(path))
-    ids = [r["ID"] for r in read_manifest(manifest)]
-    return starts if ids and all(i in starts for i in ids) else None
+    return {r["ID"]: starts[r["ID"]] for r in rows if r["ID"] in starts}
 
 
 def split_word_starts_from(source, manifests, data_folder, text_tokenizer, encoder, whisper_source, vocab_size,
@@ -183,9 +183,9 @@ def split_word_starts_from(source, manifests, data_folder, text_tokenizer, encod
     source : str
         ``"metadata"``: ``<data_folder>/<split>/metadata.jsonl`` (an error if missing);
         ``"aligner"``: :func:`split_aligned_word_starts` for every split;
-        ``"auto"``: the metadata of a split when it covers every utterance of its
-        manifest, the aligner otherwise (e.g. LibriSpeech, or a training split
-        merged with the real-voice prompts); the choice is logged per split.
+        ``"auto"``: the metadata for every utterance that has it, the aligner for
+        the others (all of LibriSpeech; the real-voice prompts merged into a
+        training split); the choice is logged per split.
     manifests : dict
         ``{split: SpeechBrain CSV}``; a merged split is named ``"a+b"``.
     data_folder : str
@@ -200,16 +200,33 @@ def split_word_starts_from(source, manifests, data_folder, text_tokenizer, encod
         from taste_toolkit.data.word_alignment import split_word_starts
 
         return split_word_starts(data_folder, list(manifests))
-    out, to_align = {}, {}
+    from taste_toolkit.data.manifest import write_manifest
+
+    out, to_align, partial = {}, {}, {}
     for split, manifest in manifests.items():
-        starts = _metadata_word_starts(data_folder, split, manifest) if source == "auto" else None
-        if starts is None:
-            to_align[split] = manifest
+        rows = read_manifest(manifest)
+        known = _metadata_word_starts(data_folder, split, rows) if source == "auto" else {}
+        missing = [r for r in rows if r["ID"] not in known]
+        if not missing:
+            out[split] = known
+        elif known:
+            # Partly covered (a corpus split merged with the real-voice prompts): the corpus' own
+            # times where it has them, so training and its dev/test splits share one source;
+            # the aligner for the rest only.
+            folder = cache_dir or tempfile.mkdtemp(prefix="word_times_")
+            os.makedirs(folder, exist_ok=True)
+            rest = os.path.join(folder, f"{split}-without-metadata.csv")
+            write_manifest(rest, missing)
+            to_align[split], partial[split] = rest, known
+            logger.info("Word times of %s: the corpus' metadata for %d utterances, the Whisper aligner for %d.",
+                        split, len(known), len(missing))
         else:
-            out[split] = starts
+            to_align[split] = manifest
     if to_align:
         logger.info("Word times from the Whisper aligner for %s%s.", sorted(to_align),
                     f" (the corpus' metadata covers {sorted(out)})" if out else "")
-        out.update(split_aligned_word_starts(to_align, text_tokenizer, encoder, whisper_source, vocab_size,
-                                             cache_dir, sample_rate))
+        aligned = split_aligned_word_starts(to_align, text_tokenizer, encoder, whisper_source, vocab_size,
+                                            cache_dir, sample_rate)
+        for split, starts in aligned.items():
+            out[split] = {**partial.get(split, {}), **starts}
     return out
