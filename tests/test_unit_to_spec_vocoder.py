@@ -425,6 +425,28 @@ def test_delta_loss_penalizes_smeared_timing_not_offsets(monkeypatch):
     assert with_delta > 1.5 * plain > 0, (plain, with_delta)  # a blur changes the frame-to-frame steps a lot
 
 
+def test_mel_loss_weighs_formant_bands_over_high_bands(monkeypatch):
+    """``mel_weight`` adds a log-mel L1: zero for the truth, and an error below 2 kHz costs far
+    more than the same error over as many linear bins at 4-6 kHz (the linear L1 cannot tell them apart)."""
+    voc = UnitToSpecVocoder(num_units=8, dim=8, unit_dilations=[1], frame_dilations=[1], n_iter=2)
+    units, wav = toy_pairs(count=1, spu=640)[0]
+    crop_units, lengths, crops, _ = unit_vocoder._CropSampler([(units, wav)], 6, 640, 256, seed=1).sample(1)
+    frames = int(lengths[0]) * voc.frames_per_unit
+    target = unit_vocoder._target(voc, crops, frames)
+
+    def loss(pred, weight):
+        monkeypatch.setattr(voc, "spectrogram", lambda *a: (pred, torch.tensor([frames])))
+        return float(unit_vocoder.spectral_l1(voc, crop_units, lengths, crops, mel_weight=weight))
+
+    low, high = target.clone(), target.clone()
+    low[..., 1:65] += 1.0     # 31-2000 Hz
+    high[..., 129:193] += 1.0  # 4-6 kHz
+    assert loss(target, 1.0) == pytest.approx(0.0, abs=1e-5)
+    assert loss(low, 0.0) == pytest.approx(loss(high, 0.0))  # the linear L1 alone: the same
+    mel_low, mel_high = loss(low, 1.0) - loss(low, 0.0), loss(high, 1.0) - loss(high, 0.0)
+    assert mel_low > 2 * mel_high > 0, (mel_low, mel_high)
+
+
 def test_delta_weight_keys_the_vocoder_cache(extractor, manifest, tmp_path):
     plain = fit_unit_vocoder(extractor, manifest, str(tmp_path), vocoder_options=dict(dim=8, n_iter=2),
                              steps=3, batch_size=2, crop_units=4, progress=False)
@@ -432,3 +454,7 @@ def test_delta_weight_keys_the_vocoder_cache(extractor, manifest, tmp_path):
                              steps=3, batch_size=2, crop_units=4, progress=False, delta_weight=0.5)
     assert plain != sharp
     assert UnitToSpecVocoder.from_pretrained(sharp).training_summary["delta_weight"] == 0.5
+    mel = fit_unit_vocoder(extractor, manifest, str(tmp_path), vocoder_options=dict(dim=8, n_iter=2),
+                           steps=3, batch_size=2, crop_units=4, progress=False, mel_weight=1.0)
+    assert mel not in (plain, sharp)
+    assert UnitToSpecVocoder.from_pretrained(mel).training_summary["mel_weight"] == 1.0
