@@ -458,3 +458,6 @@ def test_delta_weight_keys_the_vocoder_cache(extractor, manifest, tmp_path):
                            steps=3, batch_size=2, crop_units=4, progress=False, mel_weight=1.0)
     assert mel not in (plain, sharp)
     assert UnitToSpecVocoder.from_pretrained(mel).training_summary["mel_weight"] == 1.0
+    with pytest.raises(ConfigError, match="mel_weight >= 0"):
+        fit_unit_vocoder(extractor, manifest, str(tmp_path), vocoder_options=dict(dim=8, n_iter=2),
+                         steps=3, batch_size=2, crop_units=4, progress=False, mel_weight=-1.0)

@@ -221,6 +221,9 @@ def train_unit_vocoder(vocoder, pairs, steps=1500, batch_size=16, crop_units=40,
 
     if not pairs:
         raise DataPreparationError("No training utterances for the vocoder.")
+    if delta_weight < 0 or mel_weight < 0:
+        raise ConfigError(f"unit_to_spec training needs delta_weight >= 0 and mel_weight >= 0 (0 turns a "
+                          f"term off); got delta_weight={delta_weight}, mel_weight={mel_weight}.")
     torch.manual_seed(seed)
     for module in vocoder.net.modules():
         if hasattr(module, "reset_parameters"):
