@@ -293,10 +293,12 @@ def test_word_walking_decoder_is_teacher_forced_on_reference_word_times(corpus, 
     assert 0 <= counts["tf_top1"] <= counts["tf_top5"] <= counts["tf_total"]
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "hparams", "evaluate", "*.yaml"))),
-                         ids=os.path.basename)
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "hparams", "evaluate", "*.yaml"))
+                                       + glob.glob(os.path.join(REPO, "recipes", "librispeech", "measured", "*", "*.yaml"))),
+                         ids=lambda p: os.path.relpath(p, REPO))
 def test_shipped_evaluation_configs_name_real_systems_and_metrics(path):
-    """Every config under hparams/evaluate/ loads, and its system types and metrics (with
+    """Every config under hparams/evaluate/ (and each kept with a measurement under
+    recipes/librispeech/measured/) loads, and its system types and metrics (with
     their options) exist: a typo fails here, not after the first minutes of a run."""
     from taste_toolkit.evaluation.systems import system_types
 

@@ -25,6 +25,7 @@ training options. An unchanged setup reuses the file (no training); a corrupt
 file is retrained with a warning.
 """
 
+import functools
 import logging
 import math
 import os
@@ -124,14 +125,20 @@ def _target(vocoder, wavs, frames):
     return spec.abs().clamp(min=opts["log_floor"]).log().transpose(1, 2)[:, :frames]
 
 
-def _mel_filters(vocoder, n_mels=80):
-    """``(n_freq, n_mels)`` HTK mel filterbank over the vocoder's linear bins (Whisper's 80 bands)."""
+@functools.lru_cache(maxsize=8)
+def _mel_fbanks(n_freq, sample_rate, n_mels, device):
     import torchaudio
 
+    return torchaudio.functional.melscale_fbanks(n_freq, 0.0, sample_rate / 2, n_mels, sample_rate).to(device)
+
+
+def _mel_filters(vocoder, n_mels=80):
+    """``(n_freq, n_mels)`` HTK mel filterbank over the vocoder's linear bins (Whisper's 80 bands).
+
+    Built once per geometry and device, not at every training step.
+    """
     opts = vocoder.options
-    return torchaudio.functional.melscale_fbanks(
-        opts["n_fft"] // 2 + 1, 0.0, opts["sample_rate"] / 2, n_mels, opts["sample_rate"]
-    ).to(vocoder.window.device)
+    return _mel_fbanks(opts["n_fft"] // 2 + 1, opts["sample_rate"], n_mels, vocoder.window.device)
 
 
 def spectral_l1(vocoder, units, lengths, wavs, speaker=None, delta_weight=0.0, mel_weight=0.0):
