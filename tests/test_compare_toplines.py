@@ -49,6 +49,8 @@ def test_refuses_missing_condition_and_disjoint_runs(tmp_path):
     first = _run(tmp_path / "a.json", {"a": "the cat sat"})
     with pytest.raises(SystemExit, match="no hypotheses for condition 'original'"):
         compare.per_utterance(first, "original")
+    with pytest.raises(SystemExit, match="No topline JSON"):
+        compare.per_utterance(str(tmp_path / "missing.json"), "unit_to_spec_units")
     other = _run(tmp_path / "b.json", {"b": "a dog"})
     rows = [(p, compare.per_utterance(p, "unit_to_spec_units")) for p in (first, other)]
     with pytest.raises(SystemExit, match="share no utterance"):

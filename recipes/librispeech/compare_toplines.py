@@ -29,6 +29,8 @@ def per_utterance(path, condition):
     """``{id: (wer, reference words)}`` of one condition of a topline JSON."""
     from taste_toolkit.metrics.asr import word_error_rate
 
+    if not os.path.isfile(path):
+        raise SystemExit(f"No topline JSON at {path!r}: give files written by vocoder_topline.py --out.")
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     hyps = (data.get("hypotheses") or {}).get(condition)
