@@ -21,6 +21,7 @@ Errors raised while building (plugin options, incompatible plugin dimensions) ar
 """
 
 import difflib
+import logging
 import os
 
 import yaml
@@ -298,4 +299,16 @@ def setup_experiment(argv):
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
     )
+    quiet_library_debug_logs()
     return hparams, run_opts
+
+
+# Libraries whose DEBUG records SpeechBrain's file handler would keep: numba's compiler
+# alone wrote 35,000 of the 54,000 lines of a main job's log.txt (session 12).
+QUIET_LOGGERS = ("numba", "matplotlib", "PIL", "h5py", "urllib3", "fsspec")
+
+
+def quiet_library_debug_logs(level=logging.INFO):
+    """Raise third-party loggers (``QUIET_LOGGERS``) to ``level`` so log.txt keeps the run's own records."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(level)

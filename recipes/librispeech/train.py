@@ -23,7 +23,7 @@ import sys
 import speechbrain as sb
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from taste_toolkit.hparams_loader import load_hparams, setup_experiment
+from taste_toolkit.hparams_loader import load_hparams, quiet_library_debug_logs, setup_experiment
 from taste_toolkit.data.corpus_preparation import fit_text_tokenizer, prepare_corpus
 from taste_toolkit.data.unit_cache import load_units, prepare_units
 from taste_toolkit.training.data import build_datasets, compute_speaker_vectors, train_loader_kwargs
@@ -162,6 +162,7 @@ def main():
         merged = {**_as_overrides(overrides), **stage_overrides}
         hparams, path, merged = load_hparams(hparams_file, merged)
         sb.create_experiment_directory(experiment_directory=folder, hyperparams_to_save=path, overrides=merged)
+        quiet_library_debug_logs()
         _, cache = run_stage(hparams, run_opts, cache)
 
 
