@@ -99,3 +99,48 @@ def test_bad_input_is_refused_with_a_reason():
         dec.generate(tokens, tl, speech, sl)
     with pytest.raises(InputError, match="duration_scale"):
         dec.generate(tokens, tl, speech, sl, word_ids=word_ids, duration_scale=0.0)
+
+
+def _swapped_pair_batch():
+    """Two one-word utterances, tokens (1, 2) and (2, 1): the same multiset in swapped order.
+
+    The word's units follow its token order: tokens (a, b) are spoken as a a b b. Speech
+    vectors are swapped with their tokens, so the word's mean vector is the same in both.
+    """
+    tokens = torch.tensor([[1, 2], [2, 1]])
+    lengths = torch.tensor([2, 2])
+    vec = torch.randn(3, 4, generator=torch.Generator().manual_seed(5))
+    speech = vec[tokens]
+    units = torch.tensor([[1, 1, 2, 2], [2, 2, 1, 1]])
+    word_ids = torch.zeros(2, 2, dtype=torch.long)
+    return tokens, lengths, speech, lengths.clone(), units, torch.tensor([4, 4]), word_ids, torch.zeros(2, 4, dtype=torch.long)
+
+
+@pytest.mark.parametrize("token_context", [False, True])
+def test_token_context_lets_units_read_the_order_of_their_words_tokens(token_context):
+    # No per-stream layers: the word vector is then a symmetric mean of the tokens (positions
+    # add up to the same sum), so only the token context can tell the two words apart.
+    dec = _decoder(text_layers=0, speech_layers=0, token_context=token_context)
+    tokens, tl, speech, sl, units, ul, word_ids, unit_words = _swapped_pair_batch()
+    opt = torch.optim.Adam(dec.parameters(), lr=3e-3)
+    for _ in range(200):
+        opt.zero_grad()
+        dec(tokens, tl, speech, sl, units, ul, word_ids=word_ids, unit_word_ids=unit_words).loss.backward()
+        opt.step()
+    out, lengths = dec.generate(tokens, tl, speech, sl, word_ids=word_ids)
+    assert lengths.tolist() == [4, 4]
+    if token_context:
+        assert torch.equal(out, units)
+    else:
+        assert torch.equal(out[0], out[1])  # the same word vector: the same units, right for at most one
+    # Batch invariance holds with the token states in the stack (padding tokens are masked).
+    alone, _ = dec.generate(tokens[1:], tl[1:], speech[1:], sl[1:], word_ids=word_ids[1:])
+    assert torch.equal(alone[0], out[1])
+
+
+def test_token_context_with_padding_matches_the_unpadded_utterance():
+    dec = _decoder(token_context=True).eval()
+    tokens, tl, speech, sl, _, _, word_ids, _ = _toy_batch()
+    both, lengths = dec.generate(tokens, tl, speech, sl, word_ids=word_ids)
+    alone, n = dec.generate(tokens[1:, :2], tl[1:], speech[1:, :2], sl[1:], word_ids=word_ids[1:, :2])
+    assert int(n[0]) == int(lengths[1]) and torch.equal(alone[0, : int(n[0])], both[1, : int(lengths[1])])

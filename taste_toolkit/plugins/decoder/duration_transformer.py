@@ -14,7 +14,10 @@ away from the words, may never stop, and the reconstructions are unintelligible
 3. each word's state is repeated over its units (the true counts in training,
    the predicted ones at generation), plus the unit's position inside its word
    (index and fraction), and a bidirectional Transformer over all units predicts
-   every unit at once (cross-entropy).
+   every unit at once (cross-entropy). With ``token_context`` the fused text +
+   TASTE token states are put in front of the units in that Transformer, so a
+   unit can read the sub-word tokens of its word (which phones, in which order)
+   rather than only their mean.
 
 There is no end-of-speech to learn and no loop to fall into: the length is the
 sum of the predicted durations, capped at ``max_len_ratio x tokens``.
@@ -56,6 +59,10 @@ class DurationTransformerDecoder(UnitTransformerDecoder):
         Weight of the duration MSE (on ``log(1 + units per word)``) in the loss.
     max_word_units : int
         Longest word, in units, at generation (a safety cap on the prediction).
+    token_context : bool
+        Put the fused token states ``(B, N, D)`` (text + TASTE, one per text token)
+        before the units in the unit-rate Transformer, which attends over both.
+        False: the units see their word's mean vector only (sessions 9-11).
 
     Example
     -------
@@ -75,7 +82,8 @@ class DurationTransformerDecoder(UnitTransformerDecoder):
                  d_model: int = 256, num_layers: int = 4, num_heads: int = 4, ffn_dim: int = 1024,
                  dropout: float = 0.1, text_layers: int = 1, speech_layers: int = 1, fusion: str = "weighted_sum",
                  max_positions: int = 4096, causal_branches: bool = False, normalize_streams: bool = True,
-                 word_layers: int = 2, duration_weight: float = 1.0, max_word_units: int = 100):
+                 word_layers: int = 2, duration_weight: float = 1.0, max_word_units: int = 100,
+                 token_context: bool = False):
         super().__init__(vocab_size, num_units, speech_dim, speaker_dim, d_model, num_layers, num_heads, ffn_dim,
                          dropout, text_layers, speech_layers, fusion, max_positions, causal_branches,
                          normalize_streams)
@@ -94,20 +102,34 @@ class DurationTransformerDecoder(UnitTransformerDecoder):
         # Bidirectional: every unit sees the whole utterance (there is no previous unit to lean on).
         self.core = TransformerStack(d_model, num_layers, causal=False, **stack)
         self.head = nn.Linear(d_model, num_units + 1)  # + the end-of-speech class, never a target here
+        self.token_context = bool(token_context)
+        if self.token_context:
+            # Tells the unit-rate stack a token state from a unit input.
+            self.token_type = nn.Parameter(torch.zeros(d_model))
 
     _word_vectors = WordPointerDecoder._word_vectors
 
     # ------------------------------------------------------------------ words
 
     def _words(self, tokens, token_lengths, speech, speech_lengths, speaker, word_ids):
-        """Contextual word states ``(B, W, D)``, words per utterance ``(B,)``, log-duration predictions ``(B, W)``."""
+        """Contextual word states ``(B, W, D)``, words per utterance ``(B,)``, log-duration predictions
+        ``(B, W)`` and, with ``token_context``, the fused token states ``(B, N, D)`` with their mask
+        ``(B, N)`` for ``_core`` (else None)."""
         prefix, _ = self._encode_prefix(tokens, token_lengths, speech, speech_lengths, speaker)
+        if self.token_context:
+            offset = 1 if self.speaker_dim else 0  # the speaker vector comes first in the prefix
+            lengths = torch.as_tensor(token_lengths, device=prefix.device).long().reshape(-1)
+            n_max = int(lengths.max())
+            token_valid = torch.arange(n_max, device=prefix.device)[None] < lengths[:, None]
+            context = (prefix[:, offset : offset + n_max] + self.token_type, token_valid)
+        else:
+            context = None
         words, num_words = self._word_vectors(prefix, token_lengths, word_ids, speaker)
         if self.speaker_dim:
             words = words + prefix[:, :1]  # the speaker prefix vector, on every word
         valid = torch.arange(words.shape[1], device=words.device)[None] < num_words[:, None]
         words, _ = self.word_encoder(words + self.positions[: words.shape[1]], valid)
-        return words, num_words, self.duration_head(words)[..., 0]
+        return words, num_words, self.duration_head(words)[..., 0], context
 
     def _expand(self, words, unit_word):
         """Unit-rate inputs from each unit's word ``unit_word (B, S)`` (-1 = padding)."""
@@ -127,6 +149,14 @@ class DurationTransformerDecoder(UnitTransformerDecoder):
         x = x + self.fraction_proj(fraction[..., None])
         return x * valid[..., None], valid
 
+    def _core(self, x, valid, context):
+        """Unit-rate states ``(B, S, D)`` of the expanded inputs, after the token states ``context``."""
+        if context is None:
+            return self.core(x, valid)[0]
+        states, token_valid = context
+        hidden, _ = self.core(torch.cat([states, x], 1), torch.cat([token_valid, valid], 1))
+        return hidden[:, states.shape[1]:]
+
     # ---------------------------------------------------------------- training
 
     def forward(self, tokens, token_lengths, speech, speech_lengths, units, unit_lengths, speaker=None,
@@ -142,7 +172,7 @@ class DurationTransformerDecoder(UnitTransformerDecoder):
             ``logits (B, S, V + 1)``, ``targets (B, S)`` (-100 at padding); ``loss`` =
             unit cross-entropy + ``duration_weight`` x duration MSE.
         """
-        words, num_words, log_dur = self._words(tokens, token_lengths, speech, speech_lengths, speaker, word_ids)
+        words, num_words, log_dur, context = self._words(tokens, token_lengths, speech, speech_lengths, speaker, word_ids)
         device = words.device
         units = units.to(device)
         unit_lengths = self._lengths(unit_lengths, units.shape[1], device, "unit")
@@ -154,7 +184,7 @@ class DurationTransformerDecoder(UnitTransformerDecoder):
         unit_word = torch.where(valid, unit_word, torch.full_like(unit_word, -1))
 
         x, _ = self._expand(words, unit_word)
-        hidden, _ = self.core(x, valid)
+        hidden = self._core(x, valid, context)
         logits = self.head(hidden)
         targets = torch.where(valid, units, torch.full_like(units, -100))
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
@@ -195,7 +225,7 @@ class DurationTransformerDecoder(UnitTransformerDecoder):
         was_training = self.training
         self.eval()
         try:
-            words, num_words, log_dur = self._words(tokens, token_lengths, speech, speech_lengths, speaker, word_ids)
+            words, num_words, log_dur, context = self._words(tokens, token_lengths, speech, speech_lengths, speaker, word_ids)
             device = words.device
             word_valid = torch.arange(words.shape[1], device=device)[None] < num_words[:, None]
             durations = (torch.expm1(log_dur.float()).clamp(min=0) * duration_scale).round().long()
@@ -219,7 +249,7 @@ class DurationTransformerDecoder(UnitTransformerDecoder):
             valid = column < lengths[:, None]
             unit_word = torch.where(valid, unit_word.clamp(max=words.shape[1] - 1), torch.full_like(unit_word, -1))
             x, _ = self._expand(words, unit_word)
-            hidden, _ = self.core(x, valid)
+            hidden = self._core(x, valid, context)
             logits = self.head(hidden)[..., : self.num_units]
             picked = self._pick(logits.flatten(0, 1), top_k, temperature, generator).view(logits.shape[:2])
             units = torch.where(valid, picked, torch.full_like(picked, -1))
