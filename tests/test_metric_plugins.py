@@ -228,3 +228,23 @@ def test_dnsmos_scores_are_mos_values_and_noise_scores_lower(espeak_utterance):
     for r in (clean, noisy):
         assert all(1.0 <= r[k] <= 5.0 for k in ("ovrl", "sig", "bak", "p808"))
     assert noisy["bak"] < clean["bak"] - 0.5 and noisy["ovrl"] < clean["ovrl"]
+
+
+def test_wer_capped_column_keeps_one_asr_loop_from_dominating():
+    from taste_toolkit.registry import build
+
+    wer = build("metric", "wer")
+    rows = [{"ref_text": "the cat sat down", "hyp_text": "the cat sat down", "utt_wer": 0.0},
+            {"ref_text": "red hat", "hyp_text": "the red and the red and the red and", "utt_wer": 4.0},
+            {"ref_text": "a b c d", "hyp_text": "a b x d", "utt_wer": 0.25}]
+    summary = wer.summarize(rows)
+    # Corpus WER: (0 + 8 + 1) / (4 + 2 + 4); capped: (0 + 2 + 1) / 10.
+    assert summary["wer"] == pytest.approx(0.9)
+    assert summary["wer_capped"] == pytest.approx(0.3)
+    assert list(wer.columns) == ["wer", "wer_capped"]
+    # The paired bootstrap sees the same weighted means.
+    pairs = [wer.paired_values(r) for r in rows]
+    for key in ("wer", "wer_capped"):
+        num = sum(v * w for v, w in (p[key] for p in pairs))
+        assert num / sum(w for _, w in (p[key] for p in pairs)) == pytest.approx(summary[key])
+    assert "caps each utterance" in wer.describe()

@@ -1,5 +1,6 @@
 """Word (or character) error rate of the reconstruction, transcribed by Whisper through faster-whisper."""
 
+import math
 import os
 
 from taste_toolkit.errors import TasteError
@@ -73,7 +74,12 @@ class WordErrorRate(UtteranceMetric):
         self.model, self.compute_type, self.beam_size, self.cpu_threads = model, compute_type, beam_size, cpu_threads
         self.language = get_language(language)
         self.key = self.language.scoring_metric.lower()  # "wer" or "cer"
-        self.columns = {self.key: self.language.scoring_metric}
+        # Second column: each utterance's errors capped at its reference length. Whisper
+        # tiny.en sometimes loops ("the red and the red and ...", 15x the reference) on
+        # unclear audio; one such utterance moved a 40-utterance corpus WER by 0.4 (session 12).
+        self.capped_key = self.key + "_capped"
+        self.columns = {self.key: self.language.scoring_metric,
+                        self.capped_key: self.language.scoring_metric + " (utt. <= 1)"}
         self._asr = None
 
     def unavailable(self):
@@ -97,7 +103,9 @@ class WordErrorRate(UtteranceMetric):
         lang = self.language
         norm = "Whisper English" if lang.scoring_normalizer == "whisper_english" else f"{lang.scoring_normalizer}"
         return (f"{lang.scoring_metric} of Whisper {name} via faster-whisper ({self.compute_type}, beam "
-                f"{self.beam_size}), corpus-level, {lang.name} ({lang.code}), {norm} text normalization")
+                f"{self.beam_size}), corpus-level, {lang.name} ({lang.code}), {norm} text normalization; "
+                f"'{self.columns[self.capped_key]}' caps each utterance's errors at its reference length "
+                "(an ASR repetition loop counts as all words wrong, not more)")
 
     @property
     def asr(self):
@@ -120,7 +128,12 @@ class WordErrorRate(UtteranceMetric):
         from taste_toolkit.metrics.asr import word_error_rate
 
         detail = word_error_rate([r["ref_text"] for r in rows], [r["hyp_text"] for r in rows], language=self.language)
-        return {self.key: detail["wer"], "detail": detail}
+        num = den = 0.0
+        for row in rows:
+            value, weight = self.paired_values(row)[self.capped_key]
+            if math.isfinite(value) and weight > 0:
+                num, den = num + value * weight, den + weight
+        return {self.key: detail["wer"], self.capped_key: num / den if den else float("nan"), "detail": detail}
 
     def paired_values(self, row):
         """Corpus WER (CER) = per-utterance rate weighted by normalized reference words (characters)."""
@@ -128,7 +141,9 @@ class WordErrorRate(UtteranceMetric):
         from taste_toolkit.metrics.base import to_float
 
         units = len(normalize_for_scoring(row.get("ref_text") or "", self.language).split())
-        return {self.key: (to_float(row.get("utt_wer")), float(units))}
+        rate = to_float(row.get("utt_wer"))
+        return {self.key: (rate, float(units)), self.capped_key: (min(rate, 1.0) if math.isfinite(rate) else rate,
+                                                                  float(units))}
 
     def close(self):
         self._asr = None
