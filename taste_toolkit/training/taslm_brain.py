@@ -19,6 +19,7 @@ import speechbrain as sb
 import torch
 
 from taste_toolkit.training.checkpoints import make_robust
+from taste_toolkit.training.lr_schedules import anneal
 from taste_toolkit.training.tokenizer_brain import _steps_win_over_minutes, unwrap_ddp
 
 logger = logging.getLogger(__name__)
@@ -85,9 +86,8 @@ class TaslmBrain(sb.Brain):
         if stage == sb.Stage.VALID:
             lr = self.optimizer.param_groups[0]["lr"]
             annealing = getattr(self.hparams, "lr_annealing", None)
-            if annealing is not None:
-                _, new = annealing(stats["loss"])
-                sb.nnet.schedulers.update_learning_rate(self.optimizer, new)
+            if annealing is not None:  # NewBob (dev loss) or LinearEpochDecay (epoch)
+                anneal(annealing, self.optimizer, epoch, stats["loss"])
             fusion = getattr(unwrap_ddp(self.modules.model), "fusion", None)  # DDP under torchrun
             if fusion is not None and hasattr(fusion, "weights"):
                 stats["fusion_speech_weight"] = round(float(fusion.weights[1]), 4)

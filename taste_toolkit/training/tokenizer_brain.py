@@ -16,6 +16,7 @@ from taste_toolkit.bitrate import bitrate
 from taste_toolkit.errors import TasteError
 from taste_toolkit.interfaces import EncoderOutput
 from taste_toolkit.training.checkpoints import make_robust
+from taste_toolkit.training.lr_schedules import anneal
 from taste_toolkit.utils import relative_to_absolute
 
 logger = logging.getLogger(__name__)
@@ -365,9 +366,8 @@ class TasteTokenizerBrain(sb.Brain):
         if stage == sb.Stage.VALID:
             lr = self.optimizer.param_groups[0]["lr"]
             annealing = getattr(self.hparams, "lr_annealing", None)
-            if annealing is not None:
-                old, new = annealing(stats["loss"])
-                sb.nnet.schedulers.update_learning_rate(self.optimizer, new)
+            if annealing is not None:  # NewBob (dev loss) or LinearEpochDecay (epoch)
+                anneal(annealing, self.optimizer, epoch, stats["loss"])
             self.hparams.train_logger.log_stats({"epoch": epoch, "lr": lr}, self.train_stats, stats)
             self.checkpointer.save_and_keep_only(meta={"loss": stats["loss"]}, min_keys=["loss"], num_to_keep=2)
             self._plot_curves(epoch, stats)
