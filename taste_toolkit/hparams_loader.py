@@ -228,7 +228,7 @@ def check_config(yaml_text, overrides, path="the YAML"):
                         + " ".join(f"--{m}=..." for m in missing))
     values = {k: v for k, v in {**defaults, **checked}.items() if k not in mistyped}  # reported once
     problems += _range_problems(values)
-    if values.get("stages"):
+    if values.get("stages") and not _is_tag(values["stages"]):  # a built list is checked when built
         from taste_toolkit.training.staging import parse_stages
 
         try:  # the staged schedule is checked before any stage builds or reads anything

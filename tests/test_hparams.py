@@ -72,10 +72,20 @@ def test_default_decoder_is_non_autoregressive_and_the_paper_one_is_an_ablation(
     assert type(paper["decoder"]).__name__ == "UnitTransformerDecoder"
     # each under the conditions it was measured with: 50 Hz units for the default, 25 Hz for the paper's
     assert default["units"].options["stack"] == 1 and paper["units"].options["stack"] == 2
-    assert default["number_of_epochs"] == 7 and paper["number_of_epochs"] == 6
+    assert paper["number_of_epochs"] == 6 and paper["stages"] == []
+    # the paper's staged schedule: 3 text-only epochs, then 5 of TASTE from them (session 12)
+    assert default["stages"] == [{"name": "text_only", "epochs": 3}, {"name": "rvq", "epochs": 5}]
+    text_only, _, _ = load_hparams(os.path.join(ROOT, "hparams/ablations/text_only.yaml"), tiny_overrides(tmp_path))
+    assert text_only["stages"] == [] and text_only["number_of_epochs"] == 8  # as long as the default's two
     # the vocoder underfits: wider, no dropout, more steps and the log-mel loss (session 11)
     assert default["vocoder_options"]["unit_to_spec"] == {"dim": 192, "dropout": 0.0}
     assert default["unit_vocoder_training"] == {"steps": 1500, "mel_weight": 1.0}
+    # The units read the fused token states too; one fused AdamW kernel; NewBob (session 12).
+    full, _, _ = load_hparams(os.path.join(ROOT, "hparams/taste.yaml"),
+                              {"output_folder": str(tmp_path / "full"), "prep_folder": str(tmp_path / "prep")})
+    assert full["decoder"].token_context is True
+    assert full["opt_class"].keywords["fused"] is True
+    assert type(full["lr_annealing"]).__name__ == "NewBobScheduler"
     for frames in ("encoder_only.yaml", "encoder_last_layer_only.yaml"):  # frame-level speech needs it too
         hp, _, _ = load_hparams(os.path.join(ROOT, "hparams/ablations", frames), tiny_overrides(tmp_path))
         assert type(hp["decoder"]).__name__ == "UnitTransformerDecoder" and hp["decoder"].fusion == "concat"
@@ -158,3 +168,26 @@ def test_vocoder_options_are_per_plugin_blocks(tmp_path):
         build_vocoder("griffin_lim", {"n_iter": 32}, units)  # the old flat form
     with pytest.raises(ConfigError, match="unit_to_spec: {checkpoint"):
         build_vocoder("unit_to_spec", blocks, units)
+
+
+def test_library_debug_records_stay_out_of_the_experiment_log():
+    import logging
+
+    from taste_toolkit.hparams_loader import QUIET_LOGGERS, quiet_library_debug_logs
+
+    root = logging.getLogger()
+    saved_root, saved = root.level, {n: logging.getLogger(n).level for n in QUIET_LOGGERS}
+    try:
+        root.setLevel(logging.DEBUG)  # SpeechBrain's experiment log: everything to log.txt
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
+        assert logging.getLogger("numba.core.ssa").isEnabledFor(logging.DEBUG)
+        quiet_library_debug_logs()
+        assert not logging.getLogger("numba.core.ssa").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("matplotlib.font_manager").isEnabledFor(logging.DEBUG)
+        assert logging.getLogger("numba.core.ssa").isEnabledFor(logging.INFO)
+        assert logging.getLogger("taste_toolkit.training").isEnabledFor(logging.DEBUG)  # ours stay
+    finally:
+        root.setLevel(saved_root)
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)

@@ -54,3 +54,20 @@ def test_staged_run_refuses_a_bad_stage_list_before_any_work(tiny_corpus, tmp_pa
     assert proc.returncode != 0
     assert "no stage comes before" in proc.stderr
     assert not os.path.exists(tmp_path / "prep")  # nothing was prepared
+
+
+def test_default_schedule_is_text_only_then_taste_and_zero_turns_it_off():
+    from taste_toolkit.errors import ConfigError
+    from taste_toolkit.training.staging import parse_stages, stage_plan, warmup_stages
+
+    stages = parse_stages(warmup_stages(3, 5))
+    plan = stage_plan(stages, "out")
+    assert [(name, folder, o["number_of_epochs"], o["init_from"]) for name, folder, o in plan] == [
+        ("text_only", "out/stages/0_text_only", 3, ""),
+        ("rvq", "out", 5, "out/stages/0_text_only/save"),
+    ]
+    assert plan[0][2]["aggregator_name"] == "none" and plan[0][2]["export_folder"] == ""
+    assert warmup_stages(0, 5) == []
+    for bad in ((-1, 5), (3, "5"), (True, 5)):
+        with pytest.raises(ConfigError, match="must be an integer"):
+            warmup_stages(*bad)
