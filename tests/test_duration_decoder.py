@@ -113,7 +113,8 @@ def _swapped_pair_batch():
     speech = vec[tokens]
     units = torch.tensor([[1, 1, 2, 2], [2, 2, 1, 1]])
     word_ids = torch.zeros(2, 2, dtype=torch.long)
-    return tokens, lengths, speech, lengths.clone(), units, torch.tensor([4, 4]), word_ids, torch.zeros(2, 4, dtype=torch.long)
+    unit_words = torch.zeros(2, 4, dtype=torch.long)
+    return tokens, lengths, speech, lengths.clone(), units, torch.tensor([4, 4]), word_ids, unit_words
 
 
 @pytest.mark.parametrize("token_context", [False, True])

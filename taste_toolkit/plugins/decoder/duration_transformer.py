@@ -172,7 +172,8 @@ class DurationTransformerDecoder(UnitTransformerDecoder):
             ``logits (B, S, V + 1)``, ``targets (B, S)`` (-100 at padding); ``loss`` =
             unit cross-entropy + ``duration_weight`` x duration MSE.
         """
-        words, num_words, log_dur, context = self._words(tokens, token_lengths, speech, speech_lengths, speaker, word_ids)
+        words, num_words, log_dur, context = self._words(tokens, token_lengths, speech, speech_lengths, speaker,
+                                                         word_ids)
         device = words.device
         units = units.to(device)
         unit_lengths = self._lengths(unit_lengths, units.shape[1], device, "unit")
@@ -225,7 +226,8 @@ class DurationTransformerDecoder(UnitTransformerDecoder):
         was_training = self.training
         self.eval()
         try:
-            words, num_words, log_dur, context = self._words(tokens, token_lengths, speech, speech_lengths, speaker, word_ids)
+            words, num_words, log_dur, context = self._words(tokens, token_lengths, speech, speech_lengths, speaker,
+                                                             word_ids)
             device = words.device
             word_valid = torch.arange(words.shape[1], device=device)[None] < num_words[:, None]
             durations = (torch.expm1(log_dur.float()).clamp(min=0) * duration_scale).round().long()
