@@ -15,6 +15,16 @@ def _decoder(**options):
     return build("decoder", "duration_transformer", **{**SMALL, **options})
 
 
+def _fit(dec, batch, steps):
+    """Adam on one batch ``(tokens, tl, speech, sl, units, ul, word_ids, unit_words)`` for ``steps`` steps."""
+    tokens, tl, speech, sl, units, ul, word_ids, unit_words = batch
+    opt = torch.optim.Adam(dec.parameters(), lr=3e-3)
+    for _ in range(steps):
+        opt.zero_grad()
+        dec(tokens, tl, speech, sl, units, ul, word_ids=word_ids, unit_word_ids=unit_words).loss.backward()
+        opt.step()
+
+
 def _toy_batch():
     """Two utterances; word k (text token k + 1) is spoken as unit k repeated k + 2 times."""
     words = [[0, 1, 2], [2, 0]]
@@ -48,11 +58,7 @@ def test_forward_scores_every_unit_and_backpropagates():
 def test_learns_units_and_durations_then_generates_them_greedily():
     dec = _decoder()
     tokens, tl, speech, sl, units, ul, word_ids, unit_words = _toy_batch()
-    opt = torch.optim.Adam(dec.parameters(), lr=3e-3)
-    for _ in range(300):
-        opt.zero_grad()
-        dec(tokens, tl, speech, sl, units, ul, word_ids=word_ids, unit_word_ids=unit_words).loss.backward()
-        opt.step()
+    _fit(dec, (tokens, tl, speech, sl, units, ul, word_ids, unit_words), steps=300)
     out, lengths, starts = dec.generate(tokens, tl, speech, sl, word_ids=word_ids, return_word_starts=True)
     assert lengths.tolist() == ul.tolist()
     for i in range(2):
@@ -123,11 +129,7 @@ def test_token_context_lets_units_read_the_order_of_their_words_tokens(token_con
     # add up to the same sum), so only the token context can tell the two words apart.
     dec = _decoder(text_layers=0, speech_layers=0, token_context=token_context)
     tokens, tl, speech, sl, units, ul, word_ids, unit_words = _swapped_pair_batch()
-    opt = torch.optim.Adam(dec.parameters(), lr=3e-3)
-    for _ in range(200):
-        opt.zero_grad()
-        dec(tokens, tl, speech, sl, units, ul, word_ids=word_ids, unit_word_ids=unit_words).loss.backward()
-        opt.step()
+    _fit(dec, (tokens, tl, speech, sl, units, ul, word_ids, unit_words), steps=200)
     out, lengths = dec.generate(tokens, tl, speech, sl, word_ids=word_ids)
     assert lengths.tolist() == [4, 4]
     if token_context:
