@@ -80,6 +80,21 @@ def test_generation_is_batch_invariant_and_reproducible():
     assert torch.equal(a, dec.generate(tokens, tl, speech, sl, word_ids=word_ids, top_k=4, generator=g())[0])
 
 
+def test_switch_penalty_smooths_the_greedy_units_without_changing_lengths():
+    dec = _decoder().eval()  # untrained: per-unit argmax flickers
+    tokens, tl, speech, sl, _, _, word_ids, _ = _toy_batch()
+    plain, lengths = dec.generate(tokens, tl, speech, sl, word_ids=word_ids)
+    assert torch.equal(dec.generate(tokens, tl, speech, sl, word_ids=word_ids, switch_penalty=0.0)[0], plain)
+    smooth, same = dec.generate(tokens, tl, speech, sl, word_ids=word_ids, switch_penalty=50.0)
+    assert torch.equal(same, lengths)
+    for row, n in zip(smooth, lengths.tolist()):
+        assert row[:n].unique().numel() == 1 and (row[n:] == -1).all()  # one run per utterance at a huge penalty
+    changes = lambda u: int(((u[:, 1:] != u[:, :-1]) & (u[:, 1:] >= 0)).sum())  # noqa: E731
+    assert changes(dec.generate(tokens, tl, speech, sl, word_ids=word_ids, switch_penalty=0.05)[0]) <= changes(plain)
+    with pytest.raises(InputError, match="greedy decoding only"):
+        dec.generate(tokens, tl, speech, sl, word_ids=word_ids, switch_penalty=1.0, top_k=4)
+
+
 def test_length_cap_scales_durations_down_and_is_reported():
     dec = _decoder()
     with torch.no_grad():

@@ -306,3 +306,25 @@ def test_shipped_evaluation_configs_name_real_systems_and_metrics(path):
     assert set(s["type"] for s in config["systems"]) <= set(system_types()), path
     for spec in config["metrics"]:
         build("metric", spec["name"], spec.get("options") or {})
+
+
+def test_tokenizer_system_passes_decoder_specific_decoding_options(corpus, tokenizer_dir):
+    """Keys beyond top_k/temperature/seed/max_len_ratio reach the decoder's generate (and are checked there)."""
+    from taste_toolkit.evaluation.systems import TokenizerSystem
+
+    split, items = corpus
+    wav, sr = sf.read(os.path.join(os.path.dirname(split), items[0]["audio"]), dtype="float32")
+    system = TokenizerSystem(tokenizer_dir, decoding={"max_len_ratio": 4.0, "switch_penalty": 1.0})
+    # the tiny tokenizer's autoregressive decoder has no switch_penalty: refused by name, not dropped
+    with pytest.raises(InputError, match="Unknown decoding option 'switch_penalty'"):
+        system.reconstruct(torch.from_numpy(wav), sr, items[0]["text"], items[0]["id"])
+    system = TokenizerSystem(tokenizer_dir, decoding={"max_len_ratio": 4.0, "min_len_ratio": 3.0})
+    seen, decode = {}, system.tok.decode
+
+    def spy(tokens, **options):
+        seen.update(options)
+        return decode(tokens, **options)
+
+    system.tok.decode = spy
+    system.reconstruct(torch.from_numpy(wav), sr, items[0]["text"], items[0]["id"])
+    assert seen["min_len_ratio"] == 3.0 and seen["max_len_ratio"] == 4.0 and seen["top_k"] == 0

@@ -229,7 +229,10 @@ class TokenizerSystem(System):
         Standalone tokenizer folder (``TasteTokenizer.save_pretrained``).
     decoding : dict
         ``top_k`` (0 = greedy), ``temperature``, ``seed``, ``max_len_ratio``;
-        sampling is seeded per (seed, utterance), so reruns reproduce it.
+        sampling is seeded per (seed, utterance), so reruns reproduce it. Any
+        other key goes to the decoder's ``generate`` as it is (e.g.
+        ``switch_penalty`` or ``duration_scale`` of ``duration_transformer``); a
+        key the decoder does not take is refused when decoding.
     """
 
     def __init__(self, path, decoding=None):
@@ -251,8 +254,9 @@ class TokenizerSystem(System):
         tokens = self.tok.encode(wav, sample_rate, text)
         d = self.decoding
         gen = torch.Generator().manual_seed(int(d["seed"]) + zlib.crc32(str(utt_id).encode()))
+        extra = {k: v for k, v in d.items() if k not in DEFAULT_DECODING}
         decoded = self.tok.decode(tokens, top_k=int(d["top_k"]), temperature=float(d["temperature"]),
-                                  generator=gen, max_len_ratio=float(d["max_len_ratio"]))
+                                  generator=gen, max_len_ratio=float(d["max_len_ratio"]), **extra)
         units = decoded.units[0]
         out = decoded.waveforms[0].numpy().astype(np.float32)
         extras = {"speech_tokens": int(tokens.num_speech_tokens), "bits_per_token": self.bits,

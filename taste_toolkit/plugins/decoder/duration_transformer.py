@@ -22,7 +22,10 @@ away from the words, may never stop, and the reconstructions are unintelligible
 There is no end-of-speech to learn and no loop to fall into: the length is the
 sum of the predicted durations, capped at ``max_len_ratio x tokens``.
 Generation is greedy by default (``top_k=0``); top-k sampling draws each unit
-independently, which makes the sequence noisier, not more natural.
+independently, which makes the sequence noisier, not more natural. With
+``switch_penalty > 0`` the greedy path is run-smoothed instead: the best
+sequence under a cost per unit change (:mod:`taste_toolkit.nn.unit_smoothing`),
+so a position where the decoder hesitates between close units does not flicker.
 
 Training needs the word of every unit (``unit_word_ids``, from the corpus' word
 times or the Whisper aligner: ``word_times`` in ``hparams/taste.yaml``).
@@ -37,6 +40,7 @@ from torch import nn
 from taste_toolkit.errors import ConfigError, InputError
 from taste_toolkit.interfaces import DecoderOutput
 from taste_toolkit.nn.causal_transformer import TransformerStack
+from taste_toolkit.nn.unit_smoothing import smooth_unit_runs
 from taste_toolkit.plugins.decoder.unit_transformer import UnitTransformerDecoder
 from taste_toolkit.plugins.decoder.word_pointer_transformer import WordPointerDecoder, checked_unit_words
 from taste_toolkit.registry import register
@@ -200,7 +204,8 @@ class DurationTransformerDecoder(UnitTransformerDecoder):
     @torch.no_grad()
     def generate(self, tokens, token_lengths, speech, speech_lengths, speaker=None, word_ids=None,
                  max_len_ratio: float = 40.0, top_k: int = 0, temperature: float = 1.0,
-                 duration_scale: float = 1.0, generator=None, return_word_starts: bool = False):
+                 duration_scale: float = 1.0, generator=None, return_word_starts: bool = False,
+                 switch_penalty: float = 0.0):
         """Units from the predicted durations; greedy unless ``top_k > 0``.
 
         Arguments
@@ -213,6 +218,9 @@ class DurationTransformerDecoder(UnitTransformerDecoder):
             ``top_k > 0`` samples each unit independently (see the module docstring).
         duration_scale : float
             Speaking-rate control: every predicted duration is multiplied by it.
+        switch_penalty : float
+            Greedy decoding only: cost, in nats, of each unit change in the
+            best-path search (0 = per-position argmax).
 
         Returns
         -------
@@ -223,6 +231,9 @@ class DurationTransformerDecoder(UnitTransformerDecoder):
         if max_len_ratio <= 0 or duration_scale <= 0 or temperature <= 0:
             raise InputError(f"max_len_ratio ({max_len_ratio}), duration_scale ({duration_scale}) and temperature "
                              f"({temperature}) must be > 0.")
+        if not switch_penalty >= 0 or (switch_penalty > 0 and top_k > 0):
+            raise InputError(f"switch_penalty ({switch_penalty}) must be >= 0, and applies to greedy decoding only "
+                             f"(top_k=0, got top_k={top_k}).")
         was_training = self.training
         self.eval()
         try:
@@ -253,7 +264,10 @@ class DurationTransformerDecoder(UnitTransformerDecoder):
             x, _ = self._expand(words, unit_word)
             hidden = self._core(x, valid, context)
             logits = self.head(hidden)[..., : self.num_units]
-            picked = self._pick(logits.flatten(0, 1), top_k, temperature, generator).view(logits.shape[:2])
+            if switch_penalty > 0:
+                picked = smooth_unit_runs(torch.log_softmax(logits.float(), -1), lengths, switch_penalty)
+            else:
+                picked = self._pick(logits.flatten(0, 1), top_k, temperature, generator).view(logits.shape[:2])
             units = torch.where(valid, picked, torch.full_like(picked, -1))
             word_starts = torch.where(word_valid, word_starts.clamp(max=lengths[:, None]), lengths[:, None])
             return (units, lengths, word_starts) if return_word_starts else (units, lengths)
