@@ -116,10 +116,67 @@ def test_target_crops_match_whole_utterance_stft():
     whole = voc.log_magnitude(wav[None])[0]  # (S * fpu, F)
     sampler = unit_vocoder._CropSampler([(units, wav)], 5, 256, 128, seed=3)
     for _ in range(4):
-        crop_units, lengths, crops, _ = sampler.sample(1)
+        crop_units, lengths, crops, _, _ = sampler.sample(1)
         start = next(s for s in range(units.numel() - 4) if torch.equal(units[s:s + 5], crop_units[0]))
         target = unit_vocoder._target(voc, crops, 20)[0]
         torch.testing.assert_close(target, whole[start * 4: start * 4 + 20], atol=1e-4, rtol=1e-4)
+
+
+def test_context_crops_hold_real_neighbours_and_weight_only_the_crop():
+    """With context, a window is crop + real neighbours; the loss weights cover the crop alone."""
+    voc = tiny()
+    units, wav = toy_pairs(count=1)[0]  # 20 units
+    whole = voc.log_magnitude(wav[None])[0]
+    sampler = unit_vocoder._CropSampler([(units, wav)], 5, 256, 128, seed=3, context=3)
+    firsts = set()
+    for _ in range(12):
+        window, lengths, crops, _, weights = sampler.sample(1)
+        n = int(lengths[0])
+        assert window.shape == (1, 11) and weights.shape == (1, 11) and weights.sum() == 5
+        first = next(f for f in range(units.numel() - n + 1) if torch.equal(units[f:f + n], window[0, :n]))
+        firsts.add(first)
+        on = weights[0].nonzero().flatten()
+        start = first + int(on[0])
+        assert on.tolist() == list(range(int(on[0]), int(on[0]) + 5))  # one contiguous crop
+        assert int(on[0]) == min(3, start) and n == min(units.numel(), start + 8) - first  # neighbours where they exist
+        assert weights[0, n:].sum() == 0 and torch.all(window[0, n:] == 0)
+        target = unit_vocoder._target(voc, crops, n * 4)[0]
+        torch.testing.assert_close(target, whole[first * 4: (first + n) * 4], atol=1e-4, rtol=1e-4)
+    assert 0 in firsts and len(firsts) > 2  # utterance start (fewer neighbours) and the middle were drawn
+
+
+def test_context_is_outside_the_loss():
+    """Changing the audio of context units far from the crop leaves the loss unchanged."""
+    voc = tiny()
+    units, wav = toy_pairs(count=1)[0]
+    window, lengths, crops, _, weights = unit_vocoder._CropSampler([(units, wav)], 4, 256, 128, seed=0,
+                                                                    context=6).sample(1)
+    on = weights[0].nonzero().flatten()
+    loss = unit_vocoder.spectral_l1(voc, window, lengths, crops, weights=weights, mel_weight=1.0, delta_weight=1.0)
+    far = crops.clone()
+    lo, hi = int(on[0]) * 256, (int(on[-1]) + 1) * 256 + 256  # crop samples + n_fft of STFT reach
+    far[0, :lo] = torch.randn(lo)
+    far[0, hi:] = torch.randn(far.shape[1] - hi)
+    again = unit_vocoder.spectral_l1(voc, window, lengths, far, weights=weights, mel_weight=1.0, delta_weight=1.0)
+    torch.testing.assert_close(loss, again)
+    unweighted = unit_vocoder.spectral_l1(voc, window, lengths, far, mel_weight=1.0, delta_weight=1.0)
+    assert not torch.allclose(loss, unweighted)
+    with pytest.raises(ConfigError, match="context_units"):
+        train_unit_vocoder(voc, [(units, wav)], steps=1, crop_units=4, context_units=-1, progress=False)
+
+
+def test_receptive_field_units_is_the_networks_reach():
+    torch.manual_seed(0)
+    voc = UnitToSpecVocoder(**{**TINY, "unit_dilations": [1, 2, 4], "frame_dilations": [1, 2]}).eval()
+    rf = voc.receptive_field_units
+    assert rf == 7 + 1  # (1 + 2 + 4) units, then 3 frames (of 4 per unit) round up to one unit
+    units = torch.randint(0, 6, (1, 30), generator=torch.Generator().manual_seed(1))
+    base = voc.spectrogram(units, torch.tensor([30]))[0][0]
+    for distance, changes in ((rf, True), (rf + 1, False)):
+        moved = units.clone()
+        moved[0, 10 + distance] = (moved[0, 10 + distance] + 1) % 6
+        out = voc.spectrogram(moved, torch.tensor([30]))[0][0]
+        assert (not torch.allclose(out[40:44], base[40:44])) == changes, distance
 
 
 def test_save_load_round_trip(tmp_path):
@@ -198,6 +255,9 @@ def test_fit_caches_by_fingerprint_and_refuses_other_units(extractor, manifest, 
     monkeypatch.setattr(unit_vocoder, "train_unit_vocoder", no_training)
     assert fit_unit_vocoder(extractor, manifest, cache, vocoder_options=SMALL, steps=3, batch_size=2,
                             crop_units=4, progress=False) == path
+    with pytest.raises(AssertionError, match="reused"):  # context crops train other weights: another key
+        fit_unit_vocoder(extractor, manifest, cache, vocoder_options=SMALL, steps=3, batch_size=2,
+                         crop_units=4, progress=False, context_units=2)
 
     other_count = MelKMeansUnits(num_units=5, kmeans_iters=5, fit_frames=400)
     other_count.fit(sounds(0))
@@ -409,7 +469,7 @@ def test_delta_loss_penalizes_smeared_timing_not_offsets(monkeypatch):
     """``delta_weight`` adds an L1 on frame-to-frame changes: blind to a constant offset, not to a blur."""
     voc = tiny()
     units, wav = toy_pairs(count=1)[0]
-    crop_units, lengths, crops, _ = unit_vocoder._CropSampler([(units, wav)], 8, 256, 128, seed=1).sample(1)
+    crop_units, lengths, crops, _, _ = unit_vocoder._CropSampler([(units, wav)], 8, 256, 128, seed=1).sample(1)
     frames = int(lengths[0]) * voc.frames_per_unit
     target = unit_vocoder._target(voc, crops, frames)
     blurred = torch.nn.functional.avg_pool1d(target.transpose(1, 2), 5, stride=1, padding=2,
@@ -430,7 +490,7 @@ def test_mel_loss_weighs_formant_bands_over_high_bands(monkeypatch):
     more than the same error over as many linear bins at 4-6 kHz (the linear L1 cannot tell them apart)."""
     voc = UnitToSpecVocoder(num_units=8, dim=8, unit_dilations=[1], frame_dilations=[1], n_iter=2)
     units, wav = toy_pairs(count=1, spu=640)[0]
-    crop_units, lengths, crops, _ = unit_vocoder._CropSampler([(units, wav)], 6, 640, 256, seed=1).sample(1)
+    crop_units, lengths, crops, _, _ = unit_vocoder._CropSampler([(units, wav)], 6, 640, 256, seed=1).sample(1)
     frames = int(lengths[0]) * voc.frames_per_unit
     target = unit_vocoder._target(voc, crops, frames)
 

@@ -82,25 +82,36 @@ def _load_pairs(extractor, rows, unit_file, spu, speaker_vectors=None):
 class _CropSampler:
     """Random ``crop`` -unit windows of the data with their waveform context.
 
-    Each item: units ``(crop,)`` (shorter utterances are padded, ``lengths``
-    tells), and the samples ``[u0 * spu - n_fft // 2, (u0 + crop) * spu + n_fft // 2)``
+    Each item: the units of a window ``[u0, u1)`` (shorter windows are padded,
+    ``lengths`` tells), and the samples ``[u0 * spu - n_fft // 2, u1 * spu + n_fft // 2)``
     of the zero-extended utterance (zeros outside it), whose non-centred STFT
     gives exactly the centred frames of the whole utterance.
+
+    With ``context > 0`` the window is the ``crop`` units the loss is taken on
+    plus up to ``context`` real units on each side (fewer at the utterance's
+    ends), and ``weights`` ``(B, W)`` is 1 on the crop and 0 on the context: the
+    network then sees, around every unit it is trained on, the neighbours it
+    sees at synthesis, instead of the zeros beyond a crop's edge.
     """
 
-    def __init__(self, pairs, crop, spu, half, seed):
+    def __init__(self, pairs, crop, spu, half, seed, context=0):
         # (units, wav) pairs or (units, wav, speaker vector) triples
         pairs = [tuple(p) if len(p) == 3 else (*p, None) for p in pairs]
         self.pairs, self.crop, self.spu, self.half = pairs, crop, spu, half
+        self.context = int(context)
         self.generator = torch.Generator().manual_seed(seed)
         self.weights = torch.tensor([float(u.numel()) for u, _, _ in pairs])
         self.speaker_dim = pairs[0][2].numel() if pairs and pairs[0][2] is not None else 0
 
     def sample(self, batch):
+        """Return units ``(B, W)``, lengths ``(B,)``, waveforms ``(B, W * spu + n_fft)``,
+        speaker vectors ``(B, D)`` or None, and loss weights ``(B, W)`` (``W = crop + 2 * context``)."""
         picks = torch.multinomial(self.weights, batch, replacement=True, generator=self.generator)
-        units = torch.zeros(batch, self.crop, dtype=torch.long)
+        width = self.crop + 2 * self.context
+        units = torch.zeros(batch, width, dtype=torch.long)
+        weights = torch.zeros(batch, width)
         lengths = torch.zeros(batch, dtype=torch.long)
-        wavs = torch.zeros(batch, self.crop * self.spu + 2 * self.half)
+        wavs = torch.zeros(batch, width * self.spu + 2 * self.half)
         speakers = torch.zeros(batch, self.speaker_dim) if self.speaker_dim else None
         for i, p in enumerate(picks.tolist()):
             u, wav, speaker = self.pairs[p]
@@ -108,12 +119,14 @@ class _CropSampler:
                 speakers[i] = speaker
             n = min(self.crop, u.numel())
             start = int(torch.randint(0, u.numel() - n + 1, (1,), generator=self.generator))
-            units[i, :n] = u[start : start + n]
-            lengths[i] = n
-            lo, hi = start * self.spu - self.half, (start + n) * self.spu + self.half
+            first, last = max(0, start - self.context), min(u.numel(), start + n + self.context)
+            units[i, : last - first] = u[first:last]
+            weights[i, start - first : start - first + n] = 1.0
+            lengths[i] = last - first
+            lo, hi = first * self.spu - self.half, last * self.spu + self.half
             seg = wav[max(lo, 0) : min(hi, wav.numel())]
             wavs[i, max(-lo, 0) : max(-lo, 0) + seg.numel()] = seg
-        return units, lengths, wavs, speakers
+        return units, lengths, wavs, speakers, weights
 
 
 def _target(vocoder, wavs, frames):
@@ -141,7 +154,7 @@ def _mel_filters(vocoder, n_mels=80):
     return _mel_fbanks(opts["n_fft"] // 2 + 1, opts["sample_rate"], n_mels, vocoder.window.device)
 
 
-def spectral_l1(vocoder, units, lengths, wavs, speaker=None, delta_weight=0.0, mel_weight=0.0):
+def spectral_l1(vocoder, units, lengths, wavs, speaker=None, delta_weight=0.0, mel_weight=0.0, weights=None):
     """Mean L1 between predicted and true log-magnitudes over valid frames (the training loss).
 
     With ``delta_weight > 0`` the L1 between their frame-to-frame differences
@@ -170,6 +183,9 @@ def spectral_l1(vocoder, units, lengths, wavs, speaker=None, delta_weight=0.0, m
         Weight of the L1 on the temporal differences (0 = plain L1).
     mel_weight : float
         Weight of the log-mel L1 (0 = none).
+    weights : torch.Tensor, optional
+        ``(B, C)`` per-unit loss weights (0 on context units the loss skips);
+        None = every valid unit.
 
     Returns
     -------
@@ -178,7 +194,10 @@ def spectral_l1(vocoder, units, lengths, wavs, speaker=None, delta_weight=0.0, m
     """
     pred, frame_lengths = vocoder.spectrogram(units, lengths, speaker)
     target = _target(vocoder, wavs, pred.shape[1])
-    mask = (torch.arange(pred.shape[1])[None] < frame_lengths[:, None]).unsqueeze(-1).to(pred.dtype)
+    mask = (torch.arange(pred.shape[1])[None] < frame_lengths[:, None]).to(pred.dtype)
+    if weights is not None:  # unit weights -> the frames each unit owns
+        mask = mask * weights.repeat_interleave(vocoder.frames_per_unit, dim=1)[:, : pred.shape[1]]
+    mask = mask.unsqueeze(-1)
     loss = ((pred - target).abs() * mask).sum() / (mask.sum() * pred.shape[-1]).clamp(min=1)
     if delta_weight > 0:
         pair_mask = mask[:, 1:] * mask[:, :-1]  # both frames of a difference are valid
@@ -195,7 +214,8 @@ def spectral_l1(vocoder, units, lengths, wavs, speaker=None, delta_weight=0.0, m
 
 
 def train_unit_vocoder(vocoder, pairs, steps=1500, batch_size=16, crop_units=40, lr=3e-3,
-                       warmup=100, seed=0, unit_noise=0.1, delta_weight=0.0, mel_weight=0.0, progress=True):
+                       warmup=100, seed=0, unit_noise=0.1, delta_weight=0.0, mel_weight=0.0, progress=True,
+                       context_units=0):
     """Train ``vocoder`` in place on ``(units, waveform)`` pairs.
 
     Arguments
@@ -218,6 +238,10 @@ def train_unit_vocoder(vocoder, pairs, steps=1500, batch_size=16, crop_units=40,
         Weights of the temporal-difference and log-mel L1 (see :func:`spectral_l1`).
     progress : bool
         Show a tqdm bar with the running loss.
+    context_units : int
+        Real units given on each side of a crop, outside the loss (see
+        :class:`_CropSampler`); ``vocoder.receptive_field_units`` covers the
+        network's whole reach.
 
     Returns
     -------
@@ -235,9 +259,12 @@ def train_unit_vocoder(vocoder, pairs, steps=1500, batch_size=16, crop_units=40,
     for module in vocoder.net.modules():
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
-    sampler = _CropSampler(pairs, crop_units, vocoder.samples_per_unit, vocoder.options["n_fft"] // 2, seed)
+    if context_units < 0:
+        raise ConfigError(f"unit_to_spec training needs context_units >= 0; got {context_units}.")
+    sampler = _CropSampler(pairs, crop_units, vocoder.samples_per_unit, vocoder.options["n_fft"] // 2, seed,
+                           context=context_units)
     with torch.no_grad():  # start from the mean log-spectrum: the loss starts low
-        units, lengths, wavs, _ = sampler.sample(64)
+        units, lengths, wavs, _, _ = sampler.sample(64)
         frames = int(lengths.max()) * vocoder.frames_per_unit
         vocoder.net.out.bias.copy_(_target(vocoder, wavs, frames).mean(dim=(0, 1)))
     vocoder.train()
@@ -252,13 +279,13 @@ def train_unit_vocoder(vocoder, pairs, steps=1500, batch_size=16, crop_units=40,
     losses, started = [], time.time()
     bar = tqdm(range(steps), desc="unit_to_spec vocoder", unit="step", disable=not progress)
     for _ in bar:
-        units, lengths, wavs, speakers = sampler.sample(batch_size)
+        units, lengths, wavs, speakers, weights = sampler.sample(batch_size)
         if unit_noise > 0:
             swap = torch.rand(units.shape, generator=sampler.generator) < unit_noise
             noise = torch.randint(0, vocoder.num_units, units.shape, generator=sampler.generator)
             units = torch.where(swap, noise, units)
         loss = spectral_l1(vocoder, units, lengths, wavs, speakers, delta_weight=delta_weight,
-                           mel_weight=mel_weight)
+                           mel_weight=mel_weight, weights=weights if context_units else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vocoder.parameters(), 1.0)
@@ -293,7 +320,7 @@ def _speaker_digest(speaker_vectors, rows):
 def fit_unit_vocoder(extractor, manifest, cache_dir, unit_file=None, vocoder_options=None, steps=1500,
                      batch_size=16, crop_units=40, lr=3e-3, seed=0, unit_noise=0.1, max_utterances=None,
                      progress=True, speaker_vectors=None, extra_manifests=(), delta_weight=0.0,
-                     mel_weight=0.0):
+                     mel_weight=0.0, context_units=0):
     """Train (or reuse) a ``unit_to_spec`` vocoder for a fitted unit extractor.
 
     Arguments
@@ -311,7 +338,7 @@ def fit_unit_vocoder(extractor, manifest, cache_dir, unit_file=None, vocoder_opt
         :class:`~taste_toolkit.plugins.vocoder.unit_to_spec.UnitToSpecVocoder` options
         (``num_units``, ``sample_rate``, ``samples_per_unit`` and
         ``units_fingerprint`` come from the extractor).
-    steps, batch_size, crop_units, lr, seed, unit_noise, delta_weight, mel_weight
+    steps, batch_size, crop_units, lr, seed, unit_noise, delta_weight, mel_weight, context_units
         Training options (see :func:`train_unit_vocoder`).
     max_utterances : int, optional
         Train on at most this many utterances (the first ones of the manifest).
@@ -364,6 +391,8 @@ def fit_unit_vocoder(extractor, manifest, cache_dir, unit_file=None, vocoder_opt
         training["delta_weight"] = float(delta_weight)
     if mel_weight:
         training["mel_weight"] = float(mel_weight)
+    if context_units:
+        training["context_units"] = int(context_units)
     # Every option that shapes the weights, defaults included (synthesis options do not).
     resolved = {k: v for k, v in UnitToSpecVocoder(**options).options.items() if k not in SYNTHESIS_OPTIONS}
     key_parts = [TRAINING_VERSION, resolved, training, _manifest_digest(manifest, rows)]
@@ -386,7 +415,7 @@ def fit_unit_vocoder(extractor, manifest, cache_dir, unit_file=None, vocoder_opt
         pairs += _load_pairs(extractor, extra_rows, None, int(spu), speaker_vectors)
     summary = train_unit_vocoder(vocoder, pairs, steps=steps, batch_size=batch_size, crop_units=crop_units,
                                  lr=lr, seed=seed, unit_noise=unit_noise, delta_weight=delta_weight,
-                                 mel_weight=mel_weight, progress=progress)
+                                 mel_weight=mel_weight, progress=progress, context_units=context_units)
     summary.update(training, utterances=len(pairs), manifest=os.path.abspath(manifest),
                    extra_manifests=[os.path.abspath(path) for path, _ in extra])
     logger.info("unit_to_spec vocoder trained in %.0f s (L1 %.3f -> %.3f): %s",

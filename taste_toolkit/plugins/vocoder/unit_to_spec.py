@@ -160,6 +160,13 @@ class UnitToSpecVocoder(Vocoder):
     def sample_rate(self) -> int:
         return self._sample_rate
 
+    @property
+    def receptive_field_units(self) -> int:
+        """Units on each side that can change a unit's output (the network's reach, rounded up)."""
+        half = (self.options["kernel_size"] - 1) // 2
+        frames = half * sum(self.frame_dilations)
+        return half * sum(self.unit_dilations) + -(-frames // self.frames_per_unit)
+
     def resolve_options(self, options):
         """Record plain data: the fingerprint as a string, the dilations as lists of int."""
         return dict(options, units_fingerprint=self.units_fingerprint, unit_dilations=list(self.unit_dilations),
