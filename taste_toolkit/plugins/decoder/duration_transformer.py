@@ -26,6 +26,8 @@ independently, which makes the sequence noisier, not more natural. With
 ``switch_penalty > 0`` the greedy path is run-smoothed instead: the best
 sequence under a cost per unit change (:mod:`taste_toolkit.nn.unit_smoothing`),
 so a position where the decoder hesitates between close units does not flicker.
+Measured on the embedded corpus, it made the speech less intelligible at every
+penalty tried (RESULTS.md, session 13): the short runs carry words. Off by default.
 
 Training needs the word of every unit (``unit_word_ids``, from the corpus' word
 times or the Whisper aligner: ``word_times`` in ``hparams/taste.yaml``).
