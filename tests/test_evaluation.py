@@ -294,11 +294,11 @@ def test_word_walking_decoder_is_teacher_forced_on_reference_word_times(corpus, 
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "hparams", "evaluate", "*.yaml"))
-                                       + glob.glob(os.path.join(REPO, "recipes", "librispeech", "measured", "*", "*.yaml"))),
+                                       + glob.glob(os.path.join(REPO, "recipes", "*", "measured", "*", "*.yaml"))),
                          ids=lambda p: os.path.relpath(p, REPO))
 def test_shipped_evaluation_configs_name_real_systems_and_metrics(path):
     """Every config under hparams/evaluate/ (and each kept with a measurement under
-    recipes/librispeech/measured/) loads, and its system types and metrics (with
+    recipes/*/measured/) loads, and its system types and metrics (with
     their options) exist: a typo fails here, not after the first minutes of a run."""
     from taste_toolkit.evaluation.systems import system_types
 
