@@ -286,7 +286,7 @@ def train_unit_vocoder(vocoder, pairs, steps=1500, batch_size=16, crop_units=40,
             noise = torch.randint(0, vocoder.num_units, units.shape, generator=sampler.generator)
             units = torch.where(swap, noise, units)
         loss = spectral_l1(vocoder, units, lengths, wavs, speakers, delta_weight=delta_weight,
-                           mel_weight=mel_weight, weights=weights if context_units else None)
+                           mel_weight=mel_weight, weights=weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vocoder.parameters(), 1.0)
