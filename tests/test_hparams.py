@@ -29,6 +29,8 @@ EXPECTED = {
     "oracle_spans.yaml": ("OracleSpansAggregator", "IdentityQuantizer", "word"),
     "aligned_spans.yaml": ("AlignedSpansAggregator", "ResidualVQQuantizer", "word"),
     "paper_unsupervised.yaml": ("CrossAttentionAggregator", "ResidualVQQuantizer", "word"),
+    "prosody_supervision.yaml": ("CrossAttentionAggregator", "ResidualVQQuantizer", "word"),
+    "prosody_supervision_relative.yaml": ("CrossAttentionAggregator", "ResidualVQQuantizer", "word"),
 }
 
 
@@ -89,6 +91,17 @@ def test_default_decoder_is_non_autoregressive_and_the_paper_one_is_an_ablation(
     for frames in ("encoder_only.yaml", "encoder_last_layer_only.yaml"):  # frame-level speech needs it too
         hp, _, _ = load_hparams(os.path.join(ROOT, "hparams/ablations", frames), tiny_overrides(tmp_path))
         assert type(hp["decoder"]).__name__ == "UnitTransformerDecoder" and hp["decoder"].fusion == "concat"
+
+
+def test_prosody_supervision_is_an_ablation_off_by_default(tmp_path):
+    default, _, _ = load_hparams(os.path.join(ROOT, "hparams/taste.yaml"), tiny_overrides(tmp_path))
+    assert default["model"].prosody_supervision is None  # weight 0: the paper's loss
+    for name, outputs in (("prosody_supervision.yaml", 4), ("prosody_supervision_relative.yaml", 8)):
+        hp, _, _ = load_hparams(os.path.join(ROOT, "hparams/ablations", name), tiny_overrides(tmp_path))
+        sup = hp["model"].prosody_supervision
+        assert sup is not None and sup.weight == 1.0 and sup.head.out_features == outputs
+        assert sup.frame_rate == hp["units"].frame_rate and sup.head.in_features == hp["aggregator"].output_dim
+        assert hp["checkpointer"].recoverables["prosody_head"] is sup  # resumed with the run
 
 
 def test_last_layer_values_uses_key_tap(tmp_path):

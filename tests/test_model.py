@@ -199,3 +199,27 @@ def test_short_training_loop_reduces_loss(encoder, make_wavs):
     print(f"training loop: loss {initial:.3f} -> {final:.3f} in {elapsed:.1f} s")
     assert all(map(lambda v: v == v, losses))  # no NaN
     assert final < 0.6 * initial
+
+
+def test_prosody_supervision_adds_its_loss_and_its_gradient_reaches_the_aggregator(encoder, make_wavs):
+    from taste_toolkit.training.prosody_supervision import ProsodySupervision
+
+    b = make_batch(make_wavs)
+    g = torch.Generator().manual_seed(3)
+    targets = torch.randn(4, 4, 4, generator=g)
+    mask = torch.zeros(4, 4, 4, dtype=torch.bool)
+    for i, (_, w, _) in enumerate(UTTS):
+        mask[i, : max(w) + 1] = True
+    sup = ProsodySupervision(weight=2.0, speech_dim=AGG_DIM)
+    model = make_model(encoder, prosody_supervision=sup).train()
+    enc = model.encode_audio(b["wavs"], b["wav_lengths"])
+    args = (b["tokens"], b["token_lengths"], b["word_ids"], b["units"], b["unit_lengths"])
+    out = model(*args, encoder_out=enc, prosody_targets=(targets, mask))
+    assert out.prosody_loss is not None and float(out.prosody_loss) > 0
+    torch.testing.assert_close(out.loss, out.decoder.loss + out.quantizer.loss + out.prosody_loss)
+    out.prosody_loss.backward()
+    assert float(sup.head.weight.grad.abs().sum()) > 0
+    # Straight through the RVQ, into the aggregator that made the word vectors.
+    assert model.aggregator.layers[0].encoder_attn.v_proj.weight.grad.abs().sum() > 0
+    assert model(*args, encoder_out=enc).prosody_loss is None  # no targets: the paper's loss
+    assert make_model(encoder, prosody_supervision=ProsodySupervision(0.0, AGG_DIM)).prosody_supervision is None

@@ -51,9 +51,10 @@ def run_stage(hparams, run_opts, encoder_cache=None):
     speakers = run_on_main(compute_speaker_vectors, args=[hparams["speaker"], splits,
                                                           os.path.join(hparams["prep_folder"], "speaker")])
     word_starts = None
-    if any(hparams[m].needs_unit_word_ids for m in ("decoder", "aggregator")):
-        # The decoder (or the oracle aggregator) uses the word of every unit: the corpus' word
-        # times (metadata.jsonl), or a forced alignment by the frozen Whisper aligner.
+    if any(hparams[m].needs_unit_word_ids for m in ("decoder", "aggregator")) \
+            or hparams["model"].prosody_supervision is not None:
+        # The decoder (or the oracle aggregator, or the prosody supervision) uses the word of every
+        # unit: the corpus' word times (metadata.jsonl), or a forced alignment by the frozen Whisper aligner.
         word_starts = load_word_starts(hparams, splits, text_tokenizer)
     datasets = build_datasets(
         # the speaker vectors go to the decoder only if it takes them (they may serve the vocoder alone)

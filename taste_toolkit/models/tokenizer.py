@@ -46,6 +46,7 @@ class TasteForwardOutput:
     aggregator: Optional[AggregatorOutput]
     loss: torch.Tensor
     attention_loss: Optional[torch.Tensor] = None
+    prosody_loss: Optional[torch.Tensor] = None
 
 
 def broadcast_words_to_tokens(x, word_ids, token_lengths):
@@ -73,10 +74,14 @@ class TasteModel(nn.Module):
     attention_supervision : AttentionSupervision, optional
         Adds its weighted loss on the aggregator's supervised heads in training
         (``L += w_att * L_att``); None or weight 0 = the paper's loss.
+    prosody_supervision : ProsodySupervision, optional
+        Adds its weighted loss of a head reading each word's prosody descriptors
+        from the quantized tokens (``L += w_pro * L_pro``), when :meth:`forward`
+        gets ``prosody_targets``; None or weight 0 = the paper's loss.
     """
 
     def __init__(self, encoder, aggregator, quantizer, decoder, text_tokenizer=None, speaker=None, quantizer_weight=1.0,
-                 attention_supervision=None):
+                 attention_supervision=None, prosody_supervision=None):
         super().__init__()
         self.encoder, self.aggregator, self.quantizer, self.decoder = encoder, aggregator, quantizer, decoder
         self.quantizer_weight = quantizer_weight
@@ -86,6 +91,9 @@ class TasteModel(nn.Module):
             # Text-only and span-pooling ablations have no attention to supervise.
             attention_supervision = None
         self.attention_supervision = attention_supervision
+        if prosody_supervision is not None and not prosody_supervision.active:
+            prosody_supervision = None  # weight 0, or a text-only model (no tokens to supervise)
+        self.prosody_supervision = prosody_supervision
         self._check_dims(text_tokenizer, speaker)
 
     def _check_dims(self, text_tokenizer, speaker):
@@ -151,7 +159,7 @@ class TasteModel(nn.Module):
         return speech.embeddings, speech.lengths
 
     def forward(self, tokens, token_lengths, word_ids, units, unit_lengths, encoder_out=None, speaker=None,
-                unit_word_ids=None):
+                unit_word_ids=None, prosody_targets=None):
         """Teacher-forced training pass.
 
         Arguments
@@ -168,6 +176,9 @@ class TasteModel(nn.Module):
             ``(B, D_s)`` speaker vectors.
         unit_word_ids : torch.Tensor, optional
             ``(B, S)`` word of each unit, for decoders and aggregators with ``needs_unit_word_ids``.
+        prosody_targets : tuple of torch.Tensor, optional
+            ``(targets (B, W, 4), mask (B, W, 4))`` from ``prosody_supervision.targets``;
+            the prosody loss is added only when they are given.
         """
         speech, q, agg = self.tokenize(tokens, token_lengths, word_ids, encoder_out, unit_word_ids=unit_word_ids)
         dec_speech, dec_lengths = self.speech_for_decoder(speech, word_ids, token_lengths)
@@ -183,4 +194,8 @@ class TasteModel(nn.Module):
             attention_loss = self.attention_supervision(agg.supervised_attention, tokens, token_lengths, word_ids,
                                                         encoder_out)
             loss = loss + attention_loss
-        return TasteForwardOutput(dec, q, agg, loss, attention_loss)
+        prosody_loss = None
+        if self.prosody_supervision is not None and prosody_targets is not None and speech.embeddings is not None:
+            prosody_loss = self.prosody_supervision(speech, word_ids, token_lengths, *prosody_targets)
+            loss = loss + prosody_loss
+        return TasteForwardOutput(dec, q, agg, loss, attention_loss, prosody_loss)

@@ -13,7 +13,7 @@ import speechbrain as sb
 import torch
 
 from taste_toolkit.bitrate import bitrate
-from taste_toolkit.errors import TasteError
+from taste_toolkit.errors import ConfigError, TasteError
 from taste_toolkit.interfaces import EncoderOutput
 from taste_toolkit.training.checkpoints import make_robust
 from taste_toolkit.training.lr_schedules import anneal
@@ -150,10 +150,43 @@ class TasteTokenizerBrain(sb.Brain):
         speaker = batch.spk_emb.data if hasattr(batch, "spk_emb") else None
         unit_words = batch.unit_word_ids.data if hasattr(batch, "unit_word_ids") else None
         enc_out = self._encoder_out(batch)
-        out = self.modules.model(tokens, tok_lens, word_ids, units, unit_lens, enc_out, speaker, unit_words)
+        prosody = self._prosody_targets(batch, unit_words)
+        out = self.modules.model(tokens, tok_lens, word_ids, units, unit_lens, enc_out, speaker, unit_words,
+                                 prosody_targets=prosody)
         if stage == sb.Stage.TEST and enc_out is not None and self._attention_example is None:
             self._keep_attention_example(batch, tokens, tok_lens, word_ids, enc_out)
         return out, tok_lens, enc_out
+
+    def _prosody_targets(self, batch, unit_words):
+        """Per-word prosody descriptors ``(targets, mask)``, each ``(B, W, 4)``, or None when unused.
+
+        Computed from the waveform once per utterance, one utterance at a time on its
+        own samples and units (so they do not depend on the batch), and kept.
+        """
+        sup = getattr(self._model, "prosody_supervision", None)
+        if sup is None:
+            return None
+        if unit_words is None:
+            raise ConfigError("prosody_supervision_weight > 0 needs the word of every unit (unit_word_ids): the "
+                              "recipe adds them when the weight is set; outside it, pass unit_word_starts to "
+                              "build_datasets.")
+        if not hasattr(self, "_prosody_cache"):
+            self._prosody_cache = {}
+        wavs, rel = batch.sig
+        wav_lens = relative_to_absolute(rel, wavs.shape[1])
+        for b, uid in enumerate(batch.id):
+            if uid not in self._prosody_cache:
+                s = int((unit_words[b] >= 0).sum())
+                n = int(wav_lens[b])
+                self._prosody_cache[uid] = tuple(t[0].cpu() for t in sup.targets(
+                    wavs[b:b + 1, :n], wav_lens[b:b + 1], unit_words[b:b + 1, :s]))
+        items = [self._prosody_cache[uid] for uid in batch.id]
+        w = max(t.shape[0] for t, _ in items)
+        targets = torch.zeros(len(items), w, items[0][0].shape[-1])
+        mask = torch.zeros(targets.shape, dtype=torch.bool)
+        for b, (t, m) in enumerate(items):
+            targets[b, : t.shape[0]], mask[b, : m.shape[0]] = t, m
+        return targets.to(self.device), mask.to(self.device)
 
     def _keep_attention_example(self, batch, tokens, tok_lens, word_ids, enc_out):
         if self._model.aggregator.needs_unit_word_ids:
@@ -185,6 +218,9 @@ class TasteTokenizerBrain(sb.Brain):
                 self._qmetrics.setdefault(k, []).append(float(v))
             if stage != sb.Stage.TRAIN and out.quantizer.codes is not None:
                 self._count_codes(out.quantizer.codes)
+        if out.prosody_loss is not None:
+            self._counts["prosody_loss"] = self._counts.get("prosody_loss", 0.0) + float(out.prosody_loss.detach())
+            self._counts["prosody_batches"] = self._counts.get("prosody_batches", 0) + 1
         if out.attention_loss is not None:
             self._counts["attention_loss"] = self._counts.get("attention_loss", 0.0) + float(out.attention_loss.detach())
             self._counts["attention_batches"] = self._counts.get("attention_batches", 0) + 1
@@ -346,6 +382,8 @@ class TasteTokenizerBrain(sb.Brain):
             stats[k] = round(sum(v) / len(v), 4)
         # Split-level codebook perplexity replaces the per-batch average where codes were counted.
         stats.update(self.split_codebook_perplexity())
+        if c.get("prosody_batches"):
+            stats["prosody_loss"] = round(c["prosody_loss"] / c["prosody_batches"], 4)
         if c.get("attention_batches"):
             stats["attention_loss"] = round(c["attention_loss"] / c["attention_batches"], 4)
         sup = getattr(self._model, "attention_supervision", None)
