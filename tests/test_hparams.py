@@ -31,6 +31,7 @@ EXPECTED = {
     "paper_unsupervised.yaml": ("CrossAttentionAggregator", "ResidualVQQuantizer", "word"),
     "prosody_supervision.yaml": ("CrossAttentionAggregator", "ResidualVQQuantizer", "word"),
     "prosody_supervision_relative.yaml": ("CrossAttentionAggregator", "ResidualVQQuantizer", "word"),
+    "prosody_speaker_supervision.yaml": ("CrossAttentionAggregator", "ResidualVQQuantizer", "word"),
 }
 
 
@@ -102,6 +103,11 @@ def test_prosody_supervision_is_an_ablation_off_by_default(tmp_path):
         assert sup is not None and sup.weight == 1.0 and sup.head.out_features == outputs
         assert sup.frame_rate == hp["units"].frame_rate and sup.head.in_features == hp["aggregator"].output_dim
         assert hp["checkpointer"].recoverables["prosody_head"] is sup  # resumed with the run
+        assert sup.speaker_head is None
+    hp, _, _ = load_hparams(os.path.join(ROOT, "hparams/ablations/prosody_speaker_supervision.yaml"),
+                            tiny_overrides(tmp_path))
+    sup = hp["model"].prosody_supervision
+    assert sup.speaker_dim == hp["speaker"].embedding_dim == sup.speaker_head.out_features
 
 
 def test_last_layer_values_uses_key_tap(tmp_path):

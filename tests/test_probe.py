@@ -88,3 +88,24 @@ def test_bad_metadata_is_reported(tmp_path):
     (tmp_path / "metadata.jsonl").write_text(json.dumps({"id": "x", "words": ["a"]}) + "\n")
     with pytest.raises(InputError, match="lacks"):
         read_metadata(str(tmp_path))
+
+
+def test_prosody_descriptor_probe_reads_the_voices_pitch_and_speaker_normalization_removes_it(corpus, tmp_path):
+    """recipes/librispeech/probe_prosody_descriptors.py: speaker A speaks at 140 Hz, B at 320 Hz,
+    so the absolute F0 descriptor tells them apart, and z-scoring within each speaker does not."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "recipes", "librispeech",
+                        "probe_prosody_descriptors.py")
+    spec = importlib.util.spec_from_file_location("probe_prosody_descriptors", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "descriptors.json"
+    res = script.main(["--corpus", str(corpus[0].parent), "--train_stride", "1", "--output", str(out)])
+    assert json.loads(out.read_text()) == res
+    assert res["words"] == {"train": 48, "test": 24} and res["speaker_chance"] == 0.5
+    assert res["absolute"]["speaker_accuracy"] == 1.0
+    assert res["speaker_normalized"]["speaker_accuracy"] <= 0.75
+    for name in ("absolute", "utterance_relative", "speaker_normalized"):
+        assert 0.0 <= res[name]["prosody_balanced_accuracy"] <= 1.0

@@ -190,3 +190,30 @@ def test_relative_descriptors_remove_each_utterances_offset_and_skip_masked_word
     targets, m = sup.targets(wav, torch.tensor([wav.shape[1]]), torch.tensor([[0] * 20 + [1] * 20]))
     assert targets.shape == m.shape == (1, 2, 2 * len(DESCRIPTORS)) and sup.head.out_features == 8
     torch.testing.assert_close(targets[..., 4:], relative_to_utterance(targets[..., :4], m[..., :4]))
+
+
+def test_speaker_head_adds_a_cosine_loss_and_needs_the_speaker_vectors():
+    g = torch.Generator().manual_seed(5)
+    targets, mask = _random_targets(6, g)
+    mask[0, 5] = False  # a word that does not exist
+    x = torch.randn(1, 6, 8, generator=g)
+    tokens = SpeechTokens(x, None, torch.tensor([6]), "word")
+    with_speaker = ProsodySupervision(weight=2.0, speech_dim=8, speaker_dim=3)
+    without = ProsodySupervision(weight=2.0, speech_dim=8)
+    without.head.load_state_dict(with_speaker.head.state_dict())
+    speaker = torch.randn(1, 3, generator=g)
+    cos = torch.nn.functional.cosine_similarity(with_speaker.speaker_head(x), speaker[:, None], dim=-1)[0, :5]
+    torch.testing.assert_close(with_speaker(tokens, None, None, targets, mask, speaker),
+                               without(tokens, None, None, targets, mask) + 2.0 * (1 - cos).mean())
+    with torch.no_grad():  # a head that reads the voice exactly: no speaker loss left
+        with_speaker.speaker_head.weight.zero_()
+        with_speaker.speaker_head.bias.copy_(speaker[0])
+    torch.testing.assert_close(with_speaker(tokens, None, None, targets, mask, speaker),
+                               without(tokens, None, None, targets, mask))
+    with pytest.raises(InputError, match="speaker vectors"):
+        with_speaker(tokens, None, None, targets, mask)
+    with pytest.raises(InputError, match="speaker vectors"):
+        with_speaker(tokens, None, None, targets, mask, torch.randn(1, 4))
+    with pytest.raises(ConfigError, match="speaker_dim"):
+        ProsodySupervision(weight=1.0, speech_dim=8, speaker_dim=-1)
+    assert ProsodySupervision(weight=1.0, speech_dim=0, speaker_dim=3).speaker_head is None

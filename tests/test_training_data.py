@@ -85,6 +85,17 @@ def test_items_are_resampled_downmixed_and_aligned(manifest):
     assert batch.sig.data.shape[0] == 2
 
 
+def test_speaker_targets_come_apart_from_the_decoders_speaker_vectors(manifest):
+    path, units = manifest
+    vectors = {uid: torch.full((3,), float(i)) for i, uid in enumerate(sorted(units))}
+    ds = build_datasets({"train": path}, WordTokenizer(), {"train": units}, speaker_targets=vectors)["train"]
+    for i in range(len(ds)):
+        item = ds[i]
+        assert torch.equal(item["spk_target"], vectors[item["id"]]) and "spk_emb" not in item
+    plain = build_datasets({"train": path}, WordTokenizer(), {"train": units})["train"]
+    assert "spk_target" not in plain[0]
+
+
 def test_filter_thresholds_are_options(manifest):
     path, units = manifest
     ds = build_datasets({"train": path}, WordTokenizer(), {"train": units},

@@ -23,6 +23,7 @@ import sys
 import speechbrain as sb
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
+from taste_toolkit.errors import ConfigError
 from taste_toolkit.hparams_loader import load_hparams, quiet_library_debug_logs, setup_experiment
 from taste_toolkit.data.corpus_preparation import fit_text_tokenizer, prepare_corpus
 from taste_toolkit.data.unit_cache import load_units, prepare_units
@@ -56,10 +57,18 @@ def run_stage(hparams, run_opts, encoder_cache=None):
         # The decoder (or the oracle aggregator, or the prosody supervision) uses the word of every
         # unit: the corpus' word times (metadata.jsonl), or a forced alignment by the frozen Whisper aligner.
         word_starts = load_word_starts(hparams, splits, text_tokenizer)
+    prosody = hparams["model"].prosody_supervision
+    if prosody is not None and prosody.speaker_dim:
+        available = int(getattr(hparams.get("speaker"), "embedding_dim", 0) or 0)
+        if prosody.speaker_dim != available:
+            raise ConfigError(f"prosody supervision speaker_dim={prosody.speaker_dim} but the speaker plugin "
+                              f"({hparams.get('speaker_name')}) gives {available or 'no'} vectors; set speaker_name "
+                              "(e.g. resemblyzer) or prosody_supervision_speaker_dim to its embedding size.")
     datasets = build_datasets(
         # the speaker vectors go to the decoder only if it takes them (they may serve the vocoder alone)
         splits, text_tokenizer, units, speakers if hparams["decoder"].speaker_dim else None, hparams["sample_rate"],
         unit_word_starts=word_starts, unit_frame_rate=hparams["units"].frame_rate,
+        speaker_targets=speakers if prosody is not None and prosody.speaker_dim else None,
     )
 
     brain = TasteTokenizerBrain(

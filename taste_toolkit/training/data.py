@@ -105,7 +105,7 @@ def compute_speaker_vectors(speaker, manifests, cache_dir, sample_rate=16000):
 
 
 def build_datasets(manifests, text_tokenizer, units, speaker_vectors=None, sample_rate=16000, mismatch_filter=None,
-                   unit_word_starts=None, unit_frame_rate=None):
+                   unit_word_starts=None, unit_frame_rate=None, speaker_targets=None):
     """Datasets for each split.
 
     Arguments
@@ -124,6 +124,9 @@ def build_datasets(manifests, text_tokenizer, units, speaker_vectors=None, sampl
         ``{split: {id: [word start seconds]}}``; adds ``unit_word_ids`` (the word of
         every unit, see :mod:`taste_toolkit.data.word_alignment`) for decoders that
         train on it. ``unit_frame_rate`` (units per second) is then required.
+    speaker_targets : dict, optional
+        ``{id: (D,) tensor}``; adds ``spk_target`` (the speaker vector as a training
+        target, e.g. of prosody supervision, apart from the decoder's ``spk_emb``).
 
     Returns
     -------
@@ -188,6 +191,15 @@ def build_datasets(manifests, text_tokenizer, units, speaker_vectors=None, sampl
 
             items.append(speaker_pipeline)
             keys.append("spk_emb")
+        if speaker_targets is not None:
+
+            @sb.utils.data_pipeline.takes("id")
+            @sb.utils.data_pipeline.provides("spk_target")
+            def speaker_target_pipeline(uid):
+                return speaker_targets[uid]
+
+            items.append(speaker_target_pipeline)
+            keys.append("spk_target")
         for item in items:
             ds.add_dynamic_item(item)
         ds.set_output_keys(keys)

@@ -198,6 +198,10 @@ class ProsodySupervision(nn.Module):
         Of ``unit_word_ids`` (the units' frame rate).
     relative : bool
         Also predict each descriptor relative to its utterance's mean (8 outputs).
+    speaker_dim : int
+        > 0: a second linear head predicts the utterance's speaker vector (the
+        speaker plugin's, e.g. a resemblyzer d-vector, of this size) from every
+        word's token, loss ``1 - cosine``, added with the same weight. 0 = off.
 
     Example
     -------
@@ -210,7 +214,7 @@ class ProsodySupervision(nn.Module):
     """
 
     def __init__(self, weight: float, speech_dim: int, sample_rate: int = 16000, frame_rate: float = 50.0,
-                 relative: bool = False):
+                 relative: bool = False, speaker_dim: int = 0):
         super().__init__()
         if weight < 0:
             raise ConfigError(f"prosody_supervision_weight must be >= 0, got {weight}.")
@@ -222,6 +226,11 @@ class ProsodySupervision(nn.Module):
         outputs = len(DESCRIPTORS) * (2 if self.relative else 1)
         # Text-only models have no tokens to supervise (speech_dim 0): no head.
         self.head = nn.Linear(speech_dim, outputs) if speech_dim else None
+        if speaker_dim < 0:
+            raise ConfigError(f"prosody supervision speaker_dim must be >= 0, got {speaker_dim}.")
+        self.speaker_dim = int(speaker_dim)
+        # The voice as a speaker encoder hears it: each word's token predicts its utterance's vector.
+        self.speaker_head = nn.Linear(speech_dim, speaker_dim) if speech_dim and speaker_dim else None
 
     @property
     def active(self):
@@ -236,8 +245,8 @@ class ProsodySupervision(nn.Module):
             targets, mask = torch.cat([targets, relative_to_utterance(targets, mask)], -1), torch.cat([mask, mask], -1)
         return targets, mask
 
-    def forward(self, speech, word_ids, token_lengths, targets, mask):
-        """Weighted loss of the head on the words' quantized vectors.
+    def forward(self, speech, word_ids, token_lengths, targets, mask, speaker=None):
+        """Weighted loss of the head(s) on the words' quantized vectors.
 
         Arguments
         ---------
@@ -247,7 +256,9 @@ class ProsodySupervision(nn.Module):
         word_ids, token_lengths : torch.Tensor
             ``(B, N)`` and ``(B,)``, for token-level tokens.
         targets, mask : torch.Tensor
-            From :meth:`targets`, ``(B, W, 4)``.
+            From :meth:`targets`, ``(B, W, K)``.
+        speaker : torch.Tensor, optional
+            ``(B, speaker_dim)`` speaker vectors; required when ``speaker_dim > 0``.
         """
         x = speech.embeddings
         num_words = targets.shape[1]
@@ -267,7 +278,16 @@ class ProsodySupervision(nn.Module):
         z = (y - mean) / std
         pred = self.head(x.float())
         err = (pred - z) ** 2 * m
-        return self.weight * err.sum() / m.float().sum().clamp(min=1)
+        loss = err.sum() / m.float().sum().clamp(min=1)
+        if self.speaker_head is not None:
+            if speaker is None or tuple(speaker.shape) != (x.shape[0], self.speaker_dim):
+                got = None if speaker is None else tuple(speaker.shape)
+                raise InputError(f"Prosody supervision with speaker_dim={self.speaker_dim} needs speaker vectors "
+                                 f"of shape ({x.shape[0]}, {self.speaker_dim}), got {got}.")
+            words = m[..., 0].float()  # the words that exist
+            cos = F.cosine_similarity(self.speaker_head(x.float()), speaker.to(x.device).float()[:, None], dim=-1)
+            loss = loss + ((1 - cos) * words).sum() / words.sum().clamp(min=1)
+        return self.weight * loss
 
 
 __all__ = ["DESCRIPTORS", "ProsodySupervision", "relative_to_utterance", "word_prosody_targets", "words_from_tokens",

@@ -158,7 +158,8 @@ class TasteTokenizerBrain(sb.Brain):
         return out, tok_lens, enc_out
 
     def _prosody_targets(self, batch, unit_words):
-        """Per-word prosody descriptors ``(targets, mask)``, each ``(B, W, 4)``, or None when unused.
+        """Per-word prosody descriptors ``(targets, mask)``, each ``(B, W, K)`` (and the speaker
+        vectors ``(B, D)`` when the supervision has a speaker head), or None when unused.
 
         Computed from the waveform once per utterance, one utterance at a time on its
         own samples and units (so they do not depend on the batch), and kept.
@@ -186,6 +187,11 @@ class TasteTokenizerBrain(sb.Brain):
         mask = torch.zeros(targets.shape, dtype=torch.bool)
         for b, (t, m) in enumerate(items):
             targets[b, : t.shape[0]], mask[b, : m.shape[0]] = t, m
+        if sup.speaker_dim:
+            if not hasattr(batch, "spk_target"):
+                raise ConfigError("Prosody supervision with a speaker target needs the speaker vectors in the "
+                                  "batch (spk_target: build_datasets(..., speaker_targets=...)).")
+            return targets.to(self.device), mask.to(self.device), batch.spk_target.data.to(self.device)
         return targets.to(self.device), mask.to(self.device)
 
     def _keep_attention_example(self, batch, tokens, tok_lens, word_ids, enc_out):
