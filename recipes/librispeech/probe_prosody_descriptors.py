@@ -17,7 +17,7 @@ computed from the audio and the corpus' word times:
 A token that carried these descriptors perfectly would score about what they score.
 
     python recipes/librispeech/probe_prosody_descriptors.py --corpus results/synthetic_corpus \\
-        --output recipes/librispeech/measured/session14/prosody_descriptors_probe.json
+        --output recipes/librispeech/measured/session14/descriptors/prosody_descriptors_probe.json
 """
 
 import argparse
