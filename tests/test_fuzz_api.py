@@ -306,11 +306,13 @@ def test_cli_never_crashes(saved, tmp_path_factory, data, capsys):
         argv = ["tokenize", "--model", saved, "--manifest", str(manifest), "--output", str(folder / "t.jsonl"),
                 "--no-progress"]
     elif verb == "edit":
-        argv = ["edit", "--model", saved, "--audio-a", path, "--audio-b", path, "--text", text,
+        # --text=VALUE: argparse reads a separate value that starts with "-" as an option
+        # (a usage error, exit 2); the joined form passes any transcript.
+        argv = ["edit", "--model", saved, "--audio-a", path, "--audio-b", path, f"--text={text}",
                 "--words", data.draw(st.sampled_from(["0", "0,1", "cat", "-1", "99", ","])),
                 "--output", str(folder / "out.wav")]
     else:
-        argv = [verb, "--model", saved, "--audio", path, "--text", text]
+        argv = [verb, "--model", saved, "--audio", path, f"--text={text}"]
         argv += ["--output", str(folder / "out.wav")] if verb == "resynthesize" else []
     TRIED["cli"] += 1
     code = cli.main(argv)  # anything but a TasteError propagates and fails the test

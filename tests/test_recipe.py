@@ -67,6 +67,8 @@ def test_every_yaml_trains_and_tests(yaml_file, tiny_corpus, tmp_path):
     # run with taste.yaml; the ablations, which change the tokenizer only, use the cheap one.
     cheap = [] if yaml_file == "hparams/taste.yaml" else [
         "--units_name=mel_kmeans", "--speaker_name=none", "--vocoder_name=griffin_lim"]
+    if "speaker_supervision" in yaml_file:  # its tokens are trained towards the speaker vectors
+        cheap.remove("--speaker_name=none")
     # word_pointer.yaml takes its word times from the Whisper aligner (as on LibriSpeech); the
     # other word-pointer YAMLs read the corpus' metadata.jsonl.
     aligner = ["--word_times=aligner"] if os.path.basename(yaml_file) == "word_pointer.yaml" else []

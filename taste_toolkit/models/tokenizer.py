@@ -177,7 +177,8 @@ class TasteModel(nn.Module):
         unit_word_ids : torch.Tensor, optional
             ``(B, S)`` word of each unit, for decoders and aggregators with ``needs_unit_word_ids``.
         prosody_targets : tuple of torch.Tensor, optional
-            ``(targets (B, W, 4), mask (B, W, 4))`` from ``prosody_supervision.targets``;
+            ``(targets (B, W, K), mask (B, W, K)[, speaker (B, D_s)])``: the descriptors from
+            ``prosody_supervision.targets`` and, with its speaker head, the speaker vectors;
             the prosody loss is added only when they are given.
         """
         speech, q, agg = self.tokenize(tokens, token_lengths, word_ids, encoder_out, unit_word_ids=unit_word_ids)

@@ -41,7 +41,11 @@ DESCRIPTORS = ("log_duration", "log_f0", "voiced_fraction", "log_energy")
 
 
 def yin_frames(wavs, sample_rate, hop, num_frames, fmin=60.0, fmax=500.0, threshold=0.15):
-    """F0 (Hz), aperiodicity and log energy of frames centred on ``(i + 0.5) * hop``.
+    """F0 (Hz), aperiodicity and log energy of frames whose samples are centred on ``(i + 0.5) * hop``.
+
+    Each frame reads ``W + tau_max + 1`` samples centred there: the ``W``-sample
+    window (whose energy is the log energy) is its first part, and the lags reach
+    ``tau_max`` samples past it.
 
     YIN (de Cheveigne & Kawahara, 2002) steps 2-5, batched with FFTs: the
     difference function over a window of ``W`` samples, its cumulative-mean
