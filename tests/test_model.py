@@ -219,7 +219,7 @@ def test_prosody_supervision_adds_its_loss_and_its_gradient_reaches_the_aggregat
     torch.testing.assert_close(out.loss, out.decoder.loss + out.quantizer.loss + out.prosody_loss)
     out.prosody_loss.backward()
     assert float(sup.head.weight.grad.abs().sum()) > 0
-    # Through the RVQ (its gradient estimator), into the aggregator that made the word vectors.
+    # Straight through the RVQ, into the aggregator that made the word vectors.
     assert model.aggregator.layers[0].encoder_attn.v_proj.weight.grad.abs().sum() > 0
     assert model(*args, encoder_out=enc).prosody_loss is None  # no targets: the paper's loss
     assert make_model(encoder, prosody_supervision=ProsodySupervision(0.0, AGG_DIM)).prosody_supervision is None

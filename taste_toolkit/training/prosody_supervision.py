@@ -17,8 +17,8 @@ frames (the word of every unit, ``unit_word_ids``):
 * mean log energy,
 
 and a linear head reads them back from the word's *quantized* vector, so the
-gradient (through the RVQ's gradient estimator, into its input projection and
-the aggregator) shapes what the codebooks keep. Each
+gradient (straight through the RVQ, into its input projection and the
+aggregator) shapes what the codebooks keep. Each
 descriptor is standardized over the batch's words, so the loss is scale free:
 
     L_pro = mean over (words, descriptors) of (head(z_hat_w) - standardized target)^2
