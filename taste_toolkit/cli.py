@@ -191,6 +191,15 @@ def build_parser():
     return parser
 
 
+def _hint_dash_value(argv):
+    """After a usage error, say how to pass a value that starts with "-" (argparse reads
+    ``--text -x`` as two options; ``--text=-x`` passes any transcript)."""
+    for option, value in zip(argv, argv[1:]):
+        if option.startswith("--") and "=" not in option and value.startswith("-") and not value.startswith("--"):
+            print(f"taste: if {value!r} is the value of {option}, join them: {option}={value}", file=sys.stderr)
+            return
+
+
 def main(argv=None):
     """Run ``taste`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code.
 
@@ -208,7 +217,10 @@ def main(argv=None):
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version or a usage error: return, do not exit
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        if code == 2:
+            _hint_dash_value(sys.argv[1:] if argv is None else list(argv))
+        return code
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -63,6 +63,15 @@ def test_usage_errors_and_help(capsys):
     assert code == 0 and all(verb in out for verb in cli.SUBCOMMANDS)
 
 
+def test_a_dash_led_value_gets_a_hint_to_join_it_to_its_option(tmp_path, capsys):
+    argv = ["resynthesize", "--model", str(tmp_path / "none"), "--audio", "a.wav", "--output", "o.wav"]
+    code, _, err = run(argv + ["--text", "-:"], capsys)  # (argparse takes "-x y", with a space, as a value)
+    assert code == 2 and "--text=-:" in err
+    code, _, err = run(argv + ["--text=-:"], capsys)  # parsed: fails later, on the missing model
+    assert code == 1 and "join them" not in err
+    assert "join them" not in run(["make-corpus"], capsys)[2]  # other usage errors get no hint
+
+
 @pytest.mark.parametrize("verb", sorted(cli.SUBCOMMANDS))
 def test_every_option_has_help(verb, capsys):
     sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
