@@ -63,6 +63,16 @@ def test_word_descriptors_follow_pitch_loudness_length_and_silence():
     assert mask[0, :2, 1].all() and not bool(mask[0, 2, 1])  # no F0 for the silent word
 
 
+def test_digital_silence_is_unvoiced_and_has_no_f0():
+    wav = torch.zeros(1, SR // 2)
+    _, aperiodicity, _ = yin_frames(wav, SR, HOP, 25)
+    assert torch.equal(aperiodicity, torch.ones(1, 25))
+    targets, mask = word_prosody_targets(wav, torch.tensor([wav.shape[1]]), torch.tensor([[0] * 10 + [1] * 15]),
+                                         SR, RATE)
+    assert torch.equal(targets[0, :, 2], torch.zeros(2)) and not mask[0, :, 1].any()
+    assert torch.isfinite(targets).all() and mask[0, :, [0, 2, 3]].all()
+
+
 def test_word_descriptors_ignore_unit_padding_and_refuse_a_fractional_hop():
     wav = tone(150, 0.5)[None]
     words = torch.tensor([[0] * 10 + [1] * 15])

@@ -97,7 +97,8 @@ def yin_frames(wavs, sample_rate, hop, num_frames, fmin=60.0, fmax=500.0, thresh
     diff = (energy_at[..., :1] + energy_at - 2 * corr).clamp(min=0)  # d(tau), d(0) = 0
     cum = diff[..., 1:].cumsum(-1)
     cmnd = torch.ones_like(diff)
-    cmnd[..., 1:] = diff[..., 1:] * taus[1:] / cum.clamp(min=1e-9)
+    # A frame with no signal (digital silence) has nothing periodic: d' = 1, not 0 / 0.
+    cmnd[..., 1:] = torch.where(cum > 1e-9, diff[..., 1:] * taus[1:] / cum.clamp(min=1e-9), torch.ones_like(cum))
     lagged = cmnd[..., tau_min : tau_max + 1]
     # First local minimum under the threshold (YIN step 4), else the global minimum.
     left = F.pad(lagged, (1, 0), value=float("inf"))[..., :-1]
