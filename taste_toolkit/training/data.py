@@ -182,24 +182,10 @@ def build_datasets(manifests, text_tokenizer, units, speaker_vectors=None, sampl
 
             items.append(unit_word_pipeline)
             keys.append("unit_word_ids")
-        if speaker_vectors is not None:
-
-            @sb.utils.data_pipeline.takes("id")
-            @sb.utils.data_pipeline.provides("spk_emb")
-            def speaker_pipeline(uid):
-                return speaker_vectors[uid]
-
-            items.append(speaker_pipeline)
-            keys.append("spk_emb")
-        if speaker_targets is not None:
-
-            @sb.utils.data_pipeline.takes("id")
-            @sb.utils.data_pipeline.provides("spk_target")
-            def speaker_target_pipeline(uid):
-                return speaker_targets[uid]
-
-            items.append(speaker_target_pipeline)
-            keys.append("spk_target")
+        for key, table in (("spk_emb", speaker_vectors), ("spk_target", speaker_targets)):
+            if table is not None:
+                items.append(_lookup_by_id(key, table))
+                keys.append(key)
         for item in items:
             ds.add_dynamic_item(item)
         ds.set_output_keys(keys)
@@ -207,6 +193,17 @@ def build_datasets(manifests, text_tokenizer, units, speaker_vectors=None, sampl
         ds = ds.filtered_sorted(sort_key="duration", key_test={"id": lambda i: i in keep_set})
         datasets[split] = ds
     return datasets
+
+
+def _lookup_by_id(key, table):
+    """A dynamic item that provides ``key`` as ``table[id]`` (e.g. an utterance's speaker vector)."""
+
+    @sb.utils.data_pipeline.takes("id")
+    @sb.utils.data_pipeline.provides(key)
+    def lookup(uid):
+        return table[uid]
+
+    return lookup
 
 
 def train_loader_kwargs(hparams, dataset, brain):
