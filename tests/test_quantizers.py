@@ -320,3 +320,74 @@ def _layer0_perplexity_after_training(projection_init, steps=150):
 def test_pca_projection_keeps_layer0_codes_in_use_under_reconstruction_training():
     pca, random_projection = (_layer0_perplexity_after_training(p) for p in ("pca", "keep"))
     assert pca > 8.0 and pca > 1.5 * random_projection, (pca, random_projection)
+
+
+def _loud_words_quiet_label(n=2000, seed=0):
+    """``(N, D)`` vectors whose 4 loud dimensions (std 10, no structure) hide a
+    quiet binary label (+-0.5 on dimension 4): phonetic content and voice, in miniature."""
+    g = torch.Generator().manual_seed(seed)
+    label = torch.randint(0, 2, (n,), generator=g)
+    x = 0.05 * torch.randn(n, D, generator=g)
+    x[:, :4] += 10 * torch.randn(n, 4, generator=g)
+    x[:, 4] += label.float() - 0.5
+    return x, label
+
+
+@pytest.mark.parametrize("power", [0.5, 1.0])
+def test_projection_whitening_round_trips_and_evens_out_the_code_space(power):
+    x, _ = _loud_words_quiet_label()
+    q = make_rvq(num_quantizers=1, codebook_dim=8, projection_whitening=power)
+    plain = make_rvq(num_quantizers=1, codebook_dim=8)
+    assert q.init_codebooks(x)["projection_variance_kept"] == plain.init_codebooks(x)["projection_variance_kept"]
+    with torch.no_grad():
+        z, z_plain = q.rvq.project_in(x), plain.rvq.project_in(x)
+        back = q.rvq.project_out(z)
+    # Same subspace, so the same round trip as plain PCA.
+    assert torch.allclose(back, plain.rvq.project_out(z_plain), atol=1e-3)
+    # Variance of direction i becomes std_i ** (2 - 2p): loud (std 10) vs label (std 0.5) directions.
+    ratio = float(z.var(0)[0] / z.var(0)[4])
+    expected = (float(z_plain.var(0)[0] / z_plain.var(0)[4])) ** (1 - power)
+    assert ratio == pytest.approx(expected, rel=0.05), (ratio, expected)
+
+
+def test_projection_whitening_lets_the_codes_reach_a_quiet_direction():
+    """With plain PCA the 16 codes split the loud dimensions and the label is lost;
+    whitened, k-means spends codes on the label's direction too."""
+    x, label = _loud_words_quiet_label()
+
+    def label_accuracy(power):
+        q = make_rvq(num_quantizers=1, codebook_dim=8, projection_whitening=power)
+        q.init_codebooks(x)
+        q.eval()
+        with torch.no_grad():
+            recon = q(x[None], torch.tensor([x.shape[0]])).quantized[0]
+        return float(((recon[:, 4] > 0).long() == label).float().mean())
+
+    plain, whitened = label_accuracy(0.0), label_accuracy(1.0)
+    assert plain < 0.7 and whitened > 0.9, (plain, whitened)
+
+
+def test_projection_whitening_options_are_checked():
+    with pytest.raises(ConfigError, match="projection_whitening must be in"):
+        make_rvq(projection_whitening=1.5)
+    with pytest.raises(ConfigError, match="projection_init: pca"):
+        make_rvq(projection_init="keep", projection_whitening=0.5)
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_projection_trainable_decides_whether_training_moves_the_projections(trainable):
+    data = subspace_clusters(rank=12)
+    q = make_rvq(num_quantizers=2, codebook_dim=4, projection_whitening=0.5, projection_trainable=trainable)
+    q.init_codebooks(data)
+    before = [p.detach().clone() for p in (q.rvq.project_in.weight, q.rvq.project_out.weight)]
+    opt = torch.optim.Adam(q.parameters(), lr=1e-2)
+    for step in range(5):
+        x, lengths = batch_of(data, step, B=8)
+        out = q(x, lengths)
+        loss = (out.quantized - x).pow(2).mean() + out.loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = (q.rvq.project_in.weight, q.rvq.project_out.weight)
+    moved = [not torch.equal(a, b) for a, b in zip(before, after)]
+    assert moved == [trainable, trainable]

@@ -89,6 +89,20 @@ class ResidualVQQuantizer(Quantizer):
         decoder's first straight-through gradients rewrite ``project_in`` and move
         its outputs away from the freshly fitted codes: layer 0 fell to one code in
         the first epoch (RESULTS.md, session 7).
+    projection_whitening : float
+        With ``projection_init="pca"``, divide each principal direction by its
+        standard deviation to this power (and multiply it back in ``project_out``):
+        0 = plain PCA (code space keeps the data's variances), 1 = whitened,
+        0.5 = halfway (variances become standard deviations). Euclidean k-means
+        spends its codes on the directions of largest variance, which hold the
+        word's phonetic content; evening them out lets the codes reach the
+        smaller directions where voice and prosody live (RESULTS.md, session 15).
+    projection_trainable : bool
+        Train ``project_in``/``project_out`` with the model (True, the paper). False
+        keeps them where :meth:`init_codebooks` put them: the codes then live in a
+        fixed space and only the codebooks (EMA) and the input move. Trained, the
+        whitened projections are rewritten within an epoch and layer 0 falls from
+        213 codes to 8 (RESULTS.md, session 15).
 
     Example
     -------
@@ -115,6 +129,8 @@ class ResidualVQQuantizer(Quantizer):
         standardize_dims: int = 0,
         commitment_to_input: bool = True,
         projection_init: str = "pca",
+        projection_whitening: float = 0.0,
+        projection_trainable: bool = True,
     ):
         super().__init__()
         from vector_quantize_pytorch import ResidualVQ
@@ -163,6 +179,16 @@ class ResidualVQQuantizer(Quantizer):
         if projection_init not in ("pca", "keep"):
             raise ConfigError(f"rvq projection_init must be 'pca' or 'keep', got {projection_init!r}.")
         self.projection_init = projection_init
+        if not 0.0 <= projection_whitening <= 1.0:
+            raise ConfigError(f"rvq projection_whitening must be in [0, 1], got {projection_whitening}.")
+        if projection_whitening and projection_init != "pca":
+            raise ConfigError("rvq projection_whitening scales the principal directions that projection_init 'pca' "
+                              "sets: use projection_init: pca, or projection_whitening: 0.")
+        self.projection_whitening = float(projection_whitening)
+        self.projection_trainable = bool(projection_trainable)
+        if not self.projection_trainable:
+            self.rvq.project_in.requires_grad_(False)
+            self.rvq.project_out.requires_grad_(False)
         self.standardize = bool(standardize)
         self.commitment_to_input = bool(commitment_to_input)
         self.standardize_dims = int(standardize_dims) or input_dim
@@ -420,7 +446,12 @@ class ResidualVQQuantizer(Quantizer):
     @torch.no_grad()
     def _init_projection_pca(self, vectors):
         """Set ``project_in`` to the top principal directions of ``vectors (N, D)``
-        (centred) and ``project_out`` to the way back; returns the variance share kept."""
+        (centred) and ``project_out`` to the way back; returns the variance share kept.
+
+        With ``projection_whitening`` p > 0, direction i is divided by ``std_i ** p``
+        in ``project_in`` and multiplied by it in ``project_out``: still an exact
+        round trip on the kept subspace, but the code space's variances become
+        ``std_i ** (2 - 2p)``."""
         project_in, project_out = self.rvq.project_in, self.rvq.project_out
         d = project_in.out_features
         mean = vectors.mean(0)
@@ -428,10 +459,16 @@ class ResidualVQQuantizer(Quantizer):
         # Economy SVD of the (N, D) data: rows of vt are the principal directions.
         _, singular, vt = torch.linalg.svd(centred, full_matrices=False)
         directions = vt[:d]  # (d, D); fewer than d when N < d (the rest stays zero)
+        std = singular[: directions.shape[0]] / max(vectors.shape[0] - 1, 1) ** 0.5
+        # Directions of (near-)zero variance are not scaled up: their std is floored at 1e-3 of the largest.
+        scale = std.clamp(min=1e-3 * float(std.max().clamp(min=1e-12))).pow(self.projection_whitening)
         weight = torch.zeros_like(project_in.weight)
         weight[: directions.shape[0]] = directions.to(weight)
+        back = weight.t().clone()
+        weight[: directions.shape[0]] /= scale[:, None].to(weight)
+        back[:, : directions.shape[0]] *= scale[None].to(weight)
         project_in.weight.copy_(weight)
-        project_out.weight.copy_(weight.t())
+        project_out.weight.copy_(back)
         if project_in.bias is not None:
             project_in.bias.copy_(-(weight @ mean.to(weight)))
         if project_out.bias is not None:
