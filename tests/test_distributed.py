@@ -59,7 +59,7 @@ def test_torchrun_training_keeps_ranks_identical(tiny_corpus, tmp_path):
     run(TORCHRUN + [
         DRIVER, "hparams/taste.yaml", "--distributed_backend=gloo", "--device=cpu",
         f"--data_folder={tiny_corpus}", f"--prep_folder={tmp_path / 'prep'}", f"--output_folder={out}",
-        "--num_units=16", "--codebook_size=16", "--number_of_epochs=1", "--text_only_epochs=0", "--export_folder=",
+        "--num_units=16", "--codebook_size=16", "--number_of_epochs=1", "--text_only_epochs=0", "--no_vq_epochs=0", "--export_folder=",
         "--test_splits=[]",
         "--decoder_options={unit_transformer: {d_model: 32, num_layers: 1, ffn_dim: 64, dropout: 0.1}, "
         "duration_transformer: {d_model: 32, num_layers: 1, word_layers: 1, ffn_dim: 64, dropout: 0.1}}",

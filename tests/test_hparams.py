@@ -76,10 +76,16 @@ def test_default_decoder_is_non_autoregressive_and_the_paper_one_is_an_ablation(
     # each under the conditions it was measured with: 50 Hz units for the default, 25 Hz for the paper's
     assert default["units"].options["stack"] == 1 and paper["units"].options["stack"] == 2
     assert paper["number_of_epochs"] == 6 and paper["stages"] == []
-    # the paper's staged schedule: 3 text-only epochs, then 5 of TASTE from them (session 12)
-    assert default["stages"] == [{"name": "text_only", "epochs": 3}, {"name": "rvq", "epochs": 5}]
+    # the paper's staged schedule: 3 text-only epochs, 1 no-VQ, then 4 of TASTE (sessions 12, 15)
+    assert default["stages"] == [{"name": "text_only", "epochs": 3}, {"name": "no_vq", "epochs": 1},
+                                 {"name": "rvq", "epochs": 4}]
     text_only, _, _ = load_hparams(os.path.join(ROOT, "hparams/ablations/text_only.yaml"), tiny_overrides(tmp_path))
-    assert text_only["stages"] == [] and text_only["number_of_epochs"] == 8  # as long as the default's two
+    assert text_only["stages"] == [] and text_only["number_of_epochs"] == 8  # as long as the default's three
+    # a half-whitened PCA code space (session 15); the paper's setting keeps random projections, unwhitened
+    assert default["quantizer"].projection_whitening == 0.5 and default["quantizer"].projection_trainable
+    paper_unsup, _, _ = load_hparams(os.path.join(ROOT, "hparams/ablations/paper_unsupervised.yaml"),
+                                     tiny_overrides(tmp_path))
+    assert paper_unsup["quantizer"].projection_init == "keep" and paper_unsup["quantizer"].projection_whitening == 0
     # the vocoder underfits: wider, no dropout, more steps and the log-mel loss (session 11)
     assert default["vocoder_options"]["unit_to_spec"] == {"dim": 192, "dropout": 0.0}
     assert default["unit_vocoder_training"] == {"steps": 1500, "mel_weight": 1.0}

@@ -65,7 +65,7 @@ def test_train_runs_on_the_embedded_spanish_corpus(tmp_path):
         sys.executable, os.path.join(RECIPE, "train.py"), os.path.join(RECIPE, "hparams", "taste_es.yaml"),
         f"--corpus_folder={tmp_path / 'corpus'}", f"--prep_folder={tmp_path / 'prep'}", f"--output_folder={out}",
         "--corpus_options={num_speakers: 2, utterances_per_split: {train: 6, dev: 2, test: 2}, num_workers: 0}",
-        "--number_of_epochs=1", "--text_only_epochs=0", "--num_units=16", "--codebook_size=16", "--probe_train_utterances=8",
+        "--number_of_epochs=1", "--text_only_epochs=0", "--no_vq_epochs=0", "--num_units=16", "--codebook_size=16", "--probe_train_utterances=8",
         "--decoder_options={unit_transformer: {d_model: 32, num_layers: 1, ffn_dim: 64, dropout: 0.1}}",
         "--dynamic_batch_sampler_train={max_batch_length: 12, num_buckets: 2, shuffle: True, batch_ordering: random}",
         "--unit_vocoder_training={steps: 3, batch_size: 2, crop_units: 8}",

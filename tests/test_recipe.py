@@ -42,7 +42,7 @@ def run_recipe(yaml_file, corpus, prep, out, *extra):
         "duration_transformer: {d_model: 32, num_layers: 1, word_layers: 1, ffn_dim: 64, dropout: 0.1, token_context: True}}",
         "--dynamic_batch_sampler_train={max_batch_length: 12, num_buckets: 2, shuffle: True, batch_ordering: random}",
         "--unit_vocoder_training={steps: 3, batch_size: 2, crop_units: 8}",  # a trained vocoder is exported
-        "--text_only_epochs=0",  # one stage of --number_of_epochs (test_recipe_stages.py runs the stages)
+        "--text_only_epochs=0", "--no_vq_epochs=0",  # one stage of --number_of_epochs (test_recipe_stages.py runs the stages)
         *extra,
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")

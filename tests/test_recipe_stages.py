@@ -56,7 +56,7 @@ def test_staged_run_refuses_a_bad_stage_list_before_any_work(tiny_corpus, tmp_pa
     assert not os.path.exists(tmp_path / "prep")  # nothing was prepared
 
 
-def test_default_schedule_is_text_only_then_taste_and_zero_turns_it_off():
+def test_default_schedule_is_text_only_then_no_vq_then_taste_and_zero_turns_it_off():
     from taste_toolkit.errors import ConfigError
     from taste_toolkit.training.staging import parse_stages, stage_plan, warmup_stages
 
@@ -68,6 +68,16 @@ def test_default_schedule_is_text_only_then_taste_and_zero_turns_it_off():
     ]
     assert plan[0][2]["aggregator_name"] == "none" and plan[0][2]["export_folder"] == ""
     assert warmup_stages(0, 5) == []
-    for bad in ((-1, 5), (3, "5"), (True, 5)):
+    # With a no-VQ stage between them, the RVQ stage starts from it (its codebooks are fitted there).
+    plan = stage_plan(parse_stages(warmup_stages(3, 4, no_vq_epochs=1)), "out")
+    assert [(name, folder, o["number_of_epochs"], o["init_from"]) for name, folder, o in plan] == [
+        ("text_only", "out/stages/0_text_only", 3, ""),
+        ("no_vq", "out/stages/1_no_vq", 1, "out/stages/0_text_only/save"),
+        ("rvq", "out", 4, "out/stages/1_no_vq/save"),
+    ]
+    assert plan[1][2]["quantizer_name"] == "identity"
+    assert [s["name"] for s in warmup_stages(0, 4, no_vq_epochs=1)] == ["no_vq", "rvq"]
+    assert warmup_stages(0, 5, no_vq_epochs=0) == []
+    for bad in ((-1, 5), (3, "5"), (True, 5), (3, 5, -1)):
         with pytest.raises(ConfigError, match="must be an integer"):
             warmup_stages(*bad)

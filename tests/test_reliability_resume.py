@@ -42,7 +42,7 @@ def recipe_cmd(corpus, prep, out, *extra):
     return [
         sys.executable, TRAIN, "hparams/taste.yaml",
         f"--data_folder={corpus}", f"--prep_folder={prep}", f"--output_folder={out}",
-        "--num_units=16", "--codebook_size=16", "--number_of_epochs=2", "--text_only_epochs=0", "--export_folder=",
+        "--num_units=16", "--codebook_size=16", "--number_of_epochs=2", "--text_only_epochs=0", "--no_vq_epochs=0", "--export_folder=",
         "--decoder_options={unit_transformer: {d_model: 32, num_layers: 1, ffn_dim: 64, dropout: 0.1}, "
         "duration_transformer: {d_model: 32, num_layers: 1, word_layers: 1, ffn_dim: 64, dropout: 0.1}}",
         "--dynamic_batch_sampler_train={max_batch_length: 6, num_buckets: 2, shuffle: True, batch_ordering: random}",

@@ -58,21 +58,26 @@ STAGE_OVERRIDES = {
 }
 
 
-def warmup_stages(text_only_epochs, epochs):
-    """The default schedule: ``text_only_epochs`` of a text-only decoder, then ``epochs`` of full TASTE.
+def warmup_stages(text_only_epochs, epochs, no_vq_epochs=0):
+    """The default schedule: text-only, then no-VQ, then full TASTE, as in the paper.
 
     ``hparams/taste.yaml`` builds its ``stages:`` with it. A text-only decoder learns
     text -> units faster per epoch than one that also has to make sense of an aggregator
     and codebooks still moving (dev top-5 0.60 against 0.41 after 3 epochs), and its
-    epochs are cheaper; the TASTE stage then starts from it, as in the paper
-    (RESULTS.md, session 12).
+    epochs are cheaper (RESULTS.md, session 12). A no-VQ stage then lets the aggregator
+    learn where each word is before the RVQ's codebooks are fitted to its vectors:
+    fitted on the untrained aggregator's vectors, the codes are soon stale, and with
+    a whitened code space layer 0 falls from 213 codes to 8 (RESULTS.md, session 15).
 
     Arguments
     ---------
     text_only_epochs : int
-        Epochs of the text-only stage; 0 = one stage, TASTE from the first step.
+        Epochs of the text-only stage (0 = none).
     epochs : int
         Epochs of the TASTE stage (``number_of_epochs``).
+    no_vq_epochs : int
+        Epochs of the no-VQ stage between them (0 = none). Both 0 = one stage,
+        TASTE from the first step.
 
     Returns
     -------
@@ -81,17 +86,20 @@ def warmup_stages(text_only_epochs, epochs):
 
     Example
     -------
+    >>> warmup_stages(3, 4, no_vq_epochs=1)
+    [{'name': 'text_only', 'epochs': 3}, {'name': 'no_vq', 'epochs': 1}, {'name': 'rvq', 'epochs': 4}]
     >>> warmup_stages(3, 5)
     [{'name': 'text_only', 'epochs': 3}, {'name': 'rvq', 'epochs': 5}]
     >>> warmup_stages(0, 5)
     []
     """
-    for name, value in (("text_only_epochs", text_only_epochs), ("number_of_epochs", epochs)):
+    for name, value in (("text_only_epochs", text_only_epochs), ("number_of_epochs", epochs),
+                        ("no_vq_epochs", no_vq_epochs)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{name} must be an integer >= 0, got {value!r}.")
-    if text_only_epochs == 0:
-        return []
-    return [{"name": "text_only", "epochs": text_only_epochs}, {"name": "rvq", "epochs": epochs}]
+    stages = [{"name": name, "epochs": n} for name, n in (("text_only", text_only_epochs), ("no_vq", no_vq_epochs))
+              if n > 0]
+    return stages + [{"name": "rvq", "epochs": epochs}] if stages else []
 
 
 def parse_stages(stages):
