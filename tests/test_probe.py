@@ -109,3 +109,46 @@ def test_prosody_descriptor_probe_reads_the_voices_pitch_and_speaker_normalizati
     assert res["speaker_normalized"]["speaker_accuracy"] <= 0.75
     for name in ("absolute", "utterance_relative", "speaker_normalized"):
         assert 0.0 <= res[name]["prosody_balanced_accuracy"] <= 1.0
+
+
+def _capacity_script():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "recipes", "librispeech", "probe_rvq_capacity.py")
+    spec = importlib.util.spec_from_file_location("probe_rvq_capacity", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_rvq_capacity_word_means_leave_each_training_word_out():
+    script = _capacity_script()
+    x = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 5.0], [10.0, 10.0]], dtype=np.float32)
+    words = np.array(["a", "a", "b", "c"])
+    loo = script.word_means(x, words, words, leave_one_out=True)
+    overall = x.mean(0)
+    # "a" rows see the other "a"; "b" and "c" occur once, so they get the overall mean (no self-leak).
+    np.testing.assert_allclose(loo, [[3.0, 0.0], [1.0, 0.0], overall, overall])
+    test = script.word_means(x, words, np.array(["a", "zzz"]), leave_one_out=False)
+    np.testing.assert_allclose(test, [[2.0, 0.0], overall])
+
+
+def test_rvq_capacity_whitened_pca_space_keeps_a_quiet_direction():
+    """4 loud structureless dimensions hide a quiet binary label: plain PCA codes lose
+    it, whitened ones keep it, and the reconstruction is mapped back to the input space."""
+    script = _capacity_script()
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 2, 1200)
+    x = 0.05 * rng.standard_normal((1200, 12)).astype(np.float32)
+    x[:, :4] += 10 * rng.standard_normal((1200, 4))
+    x[:, 4] += label - 0.5
+    a, b, la, lb = x[:800], x[800:], label[:800], label[800:]
+
+    def accuracy(power):
+        _, qb = script.pca_residual_kmeans(a, b, levels=1, codes=16, dims=8, power=power)
+        assert qb.shape == b.shape
+        return float(((qb[:, 4] > 0).astype(int) == lb).mean())
+
+    plain, whitened = accuracy(0.0), accuracy(1.0)
+    assert plain < 0.7 and whitened > 0.9, (plain, whitened)

@@ -66,8 +66,9 @@ def warmup_stages(text_only_epochs, epochs, no_vq_epochs=0):
     and codebooks still moving (dev top-5 0.60 against 0.41 after 3 epochs), and its
     epochs are cheaper (RESULTS.md, session 12). A no-VQ stage then lets the aggregator
     learn where each word is before the RVQ's codebooks are fitted to its vectors:
-    fitted on the untrained aggregator's vectors, the codes are soon stale, and with
-    a whitened code space layer 0 falls from 213 codes to 8 (RESULTS.md, session 15).
+    fitted on the untrained aggregator's vectors, the codes are soon stale (with a
+    whitened code space, layer 0 fell from 213 codes to 15 on dev in the first epoch;
+    fitted after one no-VQ epoch it keeps about 140; RESULTS.md, session 15).
 
     Arguments
     ---------

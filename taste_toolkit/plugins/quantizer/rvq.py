@@ -100,9 +100,10 @@ class ResidualVQQuantizer(Quantizer):
     projection_trainable : bool
         Train ``project_in``/``project_out`` with the model (True, the paper). False
         keeps them where :meth:`init_codebooks` put them: the codes then live in a
-        fixed space and only the codebooks (EMA) and the input move. Trained, the
-        whitened projections are rewritten within an epoch and layer 0 falls from
-        213 codes to 8 (RESULTS.md, session 15).
+        fixed space and only the codebooks (EMA) and the input move. Measured: with
+        codebooks fitted on an untrained aggregator, a whitened layer 0 fell from 213
+        codes to 8-15 on dev either way, so the projections were not what moved; the
+        fix was fitting them after a no-VQ stage (RESULTS.md, session 15).
 
     Example
     -------
