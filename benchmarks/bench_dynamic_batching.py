@@ -14,7 +14,9 @@ the approximation and its sources are documented in
    10 buckets), on two length lists: the generated corpus' real durations, and
    28,539 durations drawn from the distribution (train-clean-100's size). Padding
    waste = padded / real - 1; "padded audio per second of speech" is the compute
-   proxy, its ratio the speed-up that removing padding alone allows.
+   proxy, its ratio the speed-up that removing padding alone allows for a cost linear
+   in the padded length; the ratio of batch size x longest^2 is the same for a
+   quadratic cost (self-attention).
 2. **Training throughput (real steps).** ``bench_training.stage1_benchmark`` on the
    generated corpus: ``TasteTokenizerBrain.fit_batch`` with the recipe's model
    (real Whisper tiny.en encoder, no encoder cache), dynamic batching vs fixed
@@ -84,10 +86,14 @@ def padding_proxy(durations, epochs=10, batch_size=8, max_batch_length=80.0, num
     fixed = [b for _ in range(epochs) for b in fixed_batches(len(durations), batch_size, rng)]
     dynamic = [b for e in range(epochs) for b in dynamic_batches(durations, e, max_batch_length, num_buckets)]
     f, d = padding_stats(durations, fixed), padding_stats(durations, dynamic)
+    # A cost quadratic in the padded length (self-attention): batch size x longest^2 per batch.
+    lengths = np.asarray(durations, dtype=float)
+    squared = [sum(len(b) * float(lengths[b].max()) ** 2 for b in batches) for batches in (fixed, dynamic)]
     # Every batch holds each utterance once per epoch: padded/real is the compute per second of speech.
     return {"utterances": len(durations), "epochs": epochs, "fixed": dict(f, batch_size=batch_size),
             "dynamic": dict(d, max_batch_length=max_batch_length, num_buckets=num_buckets),
-            "padded_audio_ratio_fixed_over_dynamic": round((1 + f["padding_waste"]) / (1 + d["padding_waste"]), 3)}
+            "padded_audio_ratio_fixed_over_dynamic": round((1 + f["padding_waste"]) / (1 + d["padding_waste"]), 3),
+            "padded_length_squared_ratio_fixed_over_dynamic": round(squared[0] / squared[1], 3)}
 
 
 def describe_durations(d):

@@ -246,3 +246,26 @@ def test_padding_proxy_batches_cover_each_utterance_once():
         assert sorted(i for b in batches for i in b) == list(range(len(d)))
     stats = padding_stats(d, [list(range(len(d)))])
     assert stats["padded_s"] == pytest.approx(d.max() * len(d), rel=1e-3)
+
+
+def test_padding_proxy_quadratic_ratio_counts_batch_size_times_longest_squared():
+    sys.path.insert(0, BENCH)
+    try:
+        from bench_dynamic_batching import dynamic_batches, fixed_batches, padding_proxy
+    finally:
+        sys.path.remove(BENCH)
+    from taste_toolkit.data.synthetic_corpus import librispeech_durations
+
+    d = librispeech_durations(np.random.default_rng(2), 200)
+    proxy = padding_proxy(d, epochs=2, seed=0)
+    rng = np.random.default_rng(0)  # padding_proxy's own draws, in its order
+    fixed = [b for _ in range(2) for b in fixed_batches(len(d), 8, rng)]
+    dynamic = [b for e in range(2) for b in dynamic_batches(d, e)]
+
+    def cost(batches):
+        return sum(len(b) * max(d[i] for i in b) ** 2 for b in batches)
+
+    assert proxy["padded_length_squared_ratio_fixed_over_dynamic"] == pytest.approx(cost(fixed) / cost(dynamic),
+                                                                                    rel=1e-3)
+    # Length-sorted batches waste less on a quadratic cost than on a linear one.
+    assert proxy["padded_length_squared_ratio_fixed_over_dynamic"] > proxy["padded_audio_ratio_fixed_over_dynamic"] > 1
