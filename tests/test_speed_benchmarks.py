@@ -233,12 +233,19 @@ def test_dynamic_batching_benchmark_quick(tmp_path):
     assert result["target"]["met"] is False
 
 
-def test_padding_proxy_batches_cover_each_utterance_once():
+def _dynamic_batching_module():
+    """``benchmarks/bench_dynamic_batching.py`` as a module (the folder is not a package)."""
     sys.path.insert(0, BENCH)
     try:
-        from bench_dynamic_batching import dynamic_batches, fixed_batches, padding_stats
+        import bench_dynamic_batching
     finally:
         sys.path.remove(BENCH)
+    return bench_dynamic_batching
+
+
+def test_padding_proxy_batches_cover_each_utterance_once():
+    bench = _dynamic_batching_module()
+    dynamic_batches, fixed_batches, padding_stats = bench.dynamic_batches, bench.fixed_batches, bench.padding_stats
     from taste_toolkit.data.synthetic_corpus import librispeech_durations
 
     d = librispeech_durations(np.random.default_rng(1), 300)
@@ -249,11 +256,8 @@ def test_padding_proxy_batches_cover_each_utterance_once():
 
 
 def test_padding_proxy_quadratic_ratio_counts_batch_size_times_longest_squared():
-    sys.path.insert(0, BENCH)
-    try:
-        from bench_dynamic_batching import dynamic_batches, fixed_batches, padding_proxy
-    finally:
-        sys.path.remove(BENCH)
+    bench = _dynamic_batching_module()
+    dynamic_batches, fixed_batches, padding_proxy = bench.dynamic_batches, bench.fixed_batches, bench.padding_proxy
     from taste_toolkit.data.synthetic_corpus import librispeech_durations
 
     d = librispeech_durations(np.random.default_rng(2), 200)
